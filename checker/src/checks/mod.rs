@@ -1,0 +1,251 @@
+//! Every kind of verify step, registered once in `steps!` below: its name in
+//! course.yaml, its parameter struct and the module that runs it. A new
+//! kind of probe is a new module and one line here; a new lesson is only
+//! course.yaml.
+
+use std::net::TcpListener;
+
+use anyhow::Result;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+
+use crate::course::Lesson;
+use crate::report::{StepOutcome, Transcript};
+use crate::server::{Launch, ListenWait, Server};
+
+mod build;
+mod echo;
+mod excerpt;
+mod start;
+mod stress;
+
+/// One kind of step: parameters from course.yaml, and how to run them.
+pub trait Check {
+    /// One line saying what the step will do, printed as it starts.
+    fn summary(&self) -> String;
+    /// `Err` means the checker itself broke (exit 2); a failing student
+    /// server is an `Ok` outcome with status Fail.
+    fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome>;
+}
+
+/// Declares the step kinds: `yaml name => Variant(params type)`.
+macro_rules! steps {
+    ($($name:literal => $variant:ident($params:ty)),+ $(,)?) => {
+        #[derive(Debug, Clone)]
+        pub enum Step { $($variant($params)),+ }
+
+        const STEP_NAMES: &[&str] = &[$($name),+];
+
+        impl Step {
+            pub fn name(&self) -> &'static str {
+                match self { $(Step::$variant(_) => $name),+ }
+            }
+            fn check(&self) -> &dyn Check {
+                match self { $(Step::$variant(params) => params),+ }
+            }
+        }
+
+        /// A step is written `- build` (all parameters defaulted) or
+        /// `- stress: {clients: 50, frames: 100}`.
+        impl<'de> Deserialize<'de> for Step {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct StepVisitor;
+                impl<'de> Visitor<'de> for StepVisitor {
+                    type Value = Step;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        write!(f, "a step name ({}) or a one-key map `name: {{params}}`", STEP_NAMES.join(", "))
+                    }
+                    fn visit_str<E: de::Error>(self, name: &str) -> Result<Step, E> {
+                        let no_params = de::value::MapDeserializer::<_, E>::new(std::iter::empty::<(String, String)>());
+                        match name {
+                            $($name => <$params>::deserialize(no_params).map(Step::$variant),)+
+                            other => Err(E::unknown_variant(other, STEP_NAMES)),
+                        }
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Step, A::Error> {
+                        let name: String = map
+                            .next_key()?
+                            .ok_or_else(|| de::Error::custom("a step needs a name"))?;
+                        let step = match name.as_str() {
+                            $($name => Step::$variant(map.next_value()?),)+
+                            other => return Err(de::Error::unknown_variant(other, STEP_NAMES)),
+                        };
+                        if map.next_key::<String>()?.is_some() {
+                            return Err(de::Error::custom("a step is a map with exactly one key, its name"));
+                        }
+                        Ok(step)
+                    }
+                }
+                deserializer.deserialize_any(StepVisitor)
+            }
+        }
+    };
+}
+
+steps! {
+    "build" => Build(build::Build),
+    "start" => Start(start::Start),
+    "echo" => Echo(echo::Echo),
+    "stress" => Stress(stress::Stress),
+}
+
+impl Step {
+    pub fn summary(&self) -> String {
+        self.check().summary()
+    }
+    pub fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome> {
+        self.check().run(ctx)
+    }
+}
+
+/// What is being checked.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    /// A crate to build with cargo.
+    Crate { dir: std::path::PathBuf },
+    /// A ready command (`--exec`), in any language.
+    Exec { argv: Vec<String> },
+}
+
+/// Everything a step needs: the lesson, the subject, the seed, the transcript.
+pub struct Ctx<'a> {
+    pub lesson: &'a Lesson,
+    pub subject: Subject,
+    /// The built binary, once the build step has run.
+    pub binary: Option<std::path::PathBuf>,
+    /// This step's seed: derived from the run's seed and the step's index.
+    pub seed: u64,
+    pub log: &'a mut Transcript,
+}
+
+impl Ctx<'_> {
+    /// Starts the server with the lesson's flags plus `extra`, and waits until
+    /// it listens. `Ok(Err(outcome))` is a server that did not come up.
+    pub fn start_server(
+        &mut self,
+        extra: &[String],
+    ) -> Result<std::result::Result<Server, StepOutcome>> {
+        let launch = self.launch(extra)?;
+        self.start_launch(launch)
+    }
+
+    fn start_launch(&mut self, launch: Launch) -> Result<std::result::Result<Server, StepOutcome>> {
+        self.log
+            .detail(format!("starting: {}", shown_command(&launch.argv)));
+        match Server::start(&launch)? {
+            Ok(server) => {
+                self.log.detail(format!(
+                    "server pid {} listening on {}",
+                    server.pid, server.addr
+                ));
+                Ok(Ok(server))
+            }
+            Err(failure) => Ok(Err(StepOutcome::fail(failure.message)
+                .cause(failure.cause)
+                .evidence(failure.output))),
+        }
+    }
+
+    fn launch(&self, extra: &[String]) -> Result<Launch> {
+        let mut args: Vec<String> = self.lesson.server_args.clone();
+        args.extend(extra.iter().cloned());
+        let (argv, wait) = match &self.subject {
+            Subject::Crate { .. } => {
+                let binary = self.binary.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "course.yaml: lesson {}: a server step runs before `build`",
+                        self.lesson.id
+                    )
+                })?;
+                let mut argv = vec![binary.display().to_string(), "--port".into(), "0".into()];
+                argv.extend(args);
+                (argv, ListenWait::ListeningLine)
+            }
+            Subject::Exec { argv: template } => expand_exec(template, &args)?,
+        };
+        Ok(Launch {
+            argv,
+            wait,
+            nofile_soft: None,
+        })
+    }
+
+    /// A quoted tail of the server's output, or a note of its death.
+    pub fn server_evidence(server: &mut Server) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(death) = server.death_notice() {
+            lines.push(death);
+        }
+        lines.extend(server.output_tail(20));
+        lines
+    }
+}
+
+/// `--exec` templates: `{port}` becomes a free port the checker picked (then
+/// it waits until that port accepts); `{args}` becomes the lesson's flags.
+/// Without `{port}`, `--port 0` and the flags are appended and the
+/// `listening on` line is read as for a crate.
+fn expand_exec(template: &[String], args: &[String]) -> Result<(Vec<String>, ListenWait)> {
+    let uses_port = template.iter().any(|w| w.contains("{port}"));
+    let port = if uses_port { free_port()? } else { 0 };
+    let mut argv = Vec::new();
+    let mut placed_args = false;
+    for word in template {
+        if word == "{args}" {
+            argv.extend(args.iter().cloned());
+            placed_args = true;
+        } else {
+            if word.contains("{args}") {
+                placed_args = true;
+            }
+            argv.push(
+                word.replace("{port}", &port.to_string())
+                    .replace("{args}", &args.join(" ")),
+            );
+        }
+    }
+    if uses_port {
+        Ok((argv, ListenWait::Port(port)))
+    } else {
+        argv.extend(["--port".to_string(), "0".to_string()]);
+        if !placed_args {
+            argv.extend(args.iter().cloned());
+        }
+        Ok((argv, ListenWait::ListeningLine))
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn shown_command(argv: &[String]) -> String {
+    shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn exec_with_port_placeholder_gets_a_real_port_and_the_args() {
+        let (argv, wait) =
+            expand_exec(&words("srv -p {port} {args}"), &words("--max-clients 100")).unwrap();
+        let ListenWait::Port(port) = wait else {
+            panic!("expected a port wait")
+        };
+        assert_eq!(argv, words(&format!("srv -p {port} --max-clients 100")));
+    }
+
+    #[test]
+    fn exec_without_port_placeholder_appends_port_zero_and_args() {
+        let (argv, wait) =
+            expand_exec(&words("python3 server.py"), &words("--max-clients 100")).unwrap();
+        assert!(matches!(wait, ListenWait::ListeningLine));
+        assert_eq!(argv, words("python3 server.py --port 0 --max-clients 100"));
+    }
+}

@@ -1,0 +1,187 @@
+//! The course's content, checked without running anything: each lesson's
+//! README has its five sections and the hints course.yaml has; each stub
+//! has its `// TODO:`; a gaps-style stub is its solution with gaps, nothing
+//! else (one source of truth: the two cannot drift apart).
+
+use std::path::Path;
+
+use similar::{ChangeTag, TextDiff};
+
+use crate::course::{Course, Lesson, StubStyle};
+
+/// The sections every lesson README has, in this order.
+pub const README_SECTIONS: [&str; 5] = ["Concept", "Task", "Hints", "Verify", "Done When"];
+
+/// Every problem found in one lesson's content (empty: sound).
+pub fn lesson_problems(course: &Course, lesson: &Lesson) -> Vec<String> {
+    let mut problems = Vec::new();
+    readme_problems(course, lesson, &mut problems);
+    let stub = course.stub_dir(lesson);
+    let solution = course.solution_dir(lesson);
+    package_name_problems(&stub, &lesson.id, &mut problems);
+    package_name_problems(&solution, &format!("{}-solution", lesson.id), &mut problems);
+    let stub_files = rust_files(&stub.join("src"));
+    if !stub_files.iter().any(|(_, text)| text.contains("// TODO")) {
+        problems.push(format!(
+            "{}: no `// TODO` in src/: a stub tells the student where to start",
+            stub.display()
+        ));
+    }
+    if lesson.stub_style == StubStyle::Gaps {
+        drift_problems(&stub, &solution, &mut problems);
+    }
+    problems
+}
+
+fn readme_problems(course: &Course, lesson: &Lesson, problems: &mut Vec<String>) {
+    let path = course.readme_path(lesson);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        problems.push(format!("{}: cannot be read", path.display()));
+        return;
+    };
+    let title = format!("# {}", lesson.title);
+    if text.lines().find(|l| l.starts_with("# ")) != Some(title.as_str()) {
+        problems.push(format!(
+            "{}: the first heading must be `{title}` (the title in course.yaml)",
+            path.display()
+        ));
+    }
+    let sections: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(str::trim)
+        .collect();
+    if sections != README_SECTIONS {
+        problems.push(format!(
+            "{}: sections are [{}]; they must be exactly [{}]",
+            path.display(),
+            sections.join(", "),
+            README_SECTIONS.join(", ")
+        ));
+    }
+    let readme_hints = readme_hints(&text);
+    if readme_hints != lesson.hints {
+        problems.push(format!(
+            "{}: the `## Hints` bullets differ from course.yaml's hints for {} (they must be the same lines, in order)",
+            path.display(),
+            lesson.id
+        ));
+    }
+}
+
+/// The `- ` bullets of the README's `## Hints` section.
+pub fn readme_hints(readme: &str) -> Vec<String> {
+    readme
+        .lines()
+        .skip_while(|l| l.trim() != "## Hints")
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+        .filter_map(|l| l.strip_prefix("- "))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+fn package_name_problems(crate_dir: &Path, expected: &str, problems: &mut Vec<String>) {
+    let manifest = crate_dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap_or_default();
+    let name = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("name"))
+        .and_then(|rest| rest.split('"').nth(1));
+    if name != Some(expected) {
+        problems.push(format!(
+            "{}: package name must be `{expected}`",
+            manifest.display()
+        ));
+    }
+    if text.contains("workspace = true") {
+        problems.push(format!(
+            "{}: no `workspace = true` inheritance: a lesson crate must build when copied out",
+            manifest.display()
+        ));
+    }
+}
+
+/// Every hunk where stub and solution differ must be, on the stub's side,
+/// only comments, blank lines and `todo!(` lines, with a `// TODO` among them.
+fn drift_problems(stub: &Path, solution: &Path, problems: &mut Vec<String>) {
+    let stub_files = rust_files(&stub.join("src"));
+    let solution_files = rust_files(&solution.join("src"));
+    let names =
+        |files: &[(String, String)]| files.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    if names(&stub_files) != names(&solution_files) {
+        problems.push(format!(
+            "{} and {} must have the same files in src/ ({:?} vs {:?})",
+            stub.display(),
+            solution.display(),
+            names(&stub_files),
+            names(&solution_files)
+        ));
+        return;
+    }
+    for ((name, stub_text), (_, solution_text)) in stub_files.iter().zip(&solution_files) {
+        let diff = TextDiff::from_lines(solution_text, stub_text);
+        for group in diff.grouped_ops(0) {
+            let stub_lines: Vec<String> = group
+                .iter()
+                .flat_map(|op| diff.iter_changes(op))
+                .filter(|c| c.tag() == ChangeTag::Insert)
+                .map(|c| c.value().trim().to_string())
+                .collect();
+            let first_line = group
+                .first()
+                .map(|op| op.new_range().start + 1)
+                .unwrap_or(0);
+            let allowed = |l: &String| l.is_empty() || l.starts_with("//") || l.contains("todo!(");
+            if !stub_lines.iter().all(allowed)
+                || !stub_lines.iter().any(|l| l.starts_with("// TODO"))
+            {
+                problems.push(format!(
+                    "{}/src/{name}:{first_line}: the stub differs from the solution outside a `// TODO` gap (a gap holds only comments, blank lines and todo!())",
+                    stub.display()
+                ));
+            }
+        }
+    }
+}
+
+/// `(path relative to src, text)` of every .rs file, sorted.
+fn rust_files(src: &Path) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    collect(src, src, &mut found);
+    found.sort();
+    found
+}
+
+fn collect(root: &Path, dir: &Path, found: &mut Vec<(String, String)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect(root, &path, found);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let relative = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            found.push((relative, std::fs::read_to_string(&path).unwrap_or_default()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_are_read_from_the_hints_section_only() {
+        let readme = "# T\n## Concept\n- not a hint\n## Hints\n\n- one\n- two  \n## Verify\n- no\n";
+        assert_eq!(
+            readme_hints(readme),
+            vec!["one".to_string(), "two".to_string()]
+        );
+    }
+}

@@ -1,0 +1,39 @@
+//! `checker`: builds a lesson's crate, starts the server, drives it through
+//! the lesson's verify steps and prints a verdict and a proof block.
+//!
+//! # Layout
+//! - `cli`      the command line and the run of one lesson (`checker <id>`)
+//! - `course`   course.yaml: loading and validating, errors naming file, lesson, field
+//! - `build`    `cargo build --release` of the checked crate, finding its binary
+//! - `server`   the server process: process group, captured output, kill on every path
+//! - `checks`   one module per kind of verify step, registered in `checks/mod.rs`
+//! - `run`      one run of one lesson: steps in order, verdict, proof block
+//! - `report`   the transcript (text as it runs, or JSON) and step outcomes
+//! - `proof`    the proof block: rendering, finding in pasted text, grading
+//! - `hashing`  course and source hashes carried by proofs
+//! - `lint`     lesson content without running it: README sections, hints, stub vs solution
+//! - `validate` `checker validate`: lint, every solution passes, every stub fails
+#![deny(unsafe_code)]
+
+mod build;
+mod checks;
+mod cli;
+mod course;
+mod hashing;
+mod lint;
+mod proof;
+mod report;
+mod run;
+mod server;
+mod validate;
+
+fn main() -> std::process::ExitCode {
+    server::become_subreaper();
+    // Ctrl-C (or SIGTERM): no server the checker started may outlive it.
+    let _ = ctrlc::set_handler(|| {
+        server::kill_all_live();
+        eprintln!("\nchecker: interrupted; every server it started has been stopped");
+        std::process::exit(130);
+    });
+    cli::main()
+}

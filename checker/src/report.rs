@@ -1,0 +1,240 @@
+//! What a run tells its reader: each step as it happens (text), or one JSON
+//! document at the end (`--format json`), then the verdict and proof block.
+
+use std::io::Write;
+use std::time::Instant;
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+}
+
+/// What one step found. Built by the checks; printed by the transcript.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepOutcome {
+    pub status: Status,
+    pub message: String,
+    /// The likely cause, in the student's terms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// Measured values, for people and for JSON.
+    pub figures: Vec<(String, String)>,
+    /// Lines that go into the proof block.
+    #[serde(skip)]
+    pub proof: Vec<String>,
+    /// Evidence quoted on failure: excerpts, the server's output.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
+}
+
+impl StepOutcome {
+    pub fn pass(message: impl Into<String>) -> Self {
+        Self::new(Status::Pass, message)
+    }
+    pub fn fail(message: impl Into<String>) -> Self {
+        Self::new(Status::Fail, message)
+    }
+    pub fn skip(message: impl Into<String>) -> Self {
+        Self::new(Status::Skip, message)
+    }
+    fn new(status: Status, message: impl Into<String>) -> Self {
+        StepOutcome {
+            status,
+            message: message.into(),
+            cause: None,
+            figures: Vec::new(),
+            proof: Vec::new(),
+            evidence: Vec::new(),
+        }
+    }
+    pub fn cause(mut self, cause: impl Into<String>) -> Self {
+        self.cause = Some(cause.into());
+        self
+    }
+    pub fn figure(mut self, name: impl Into<String>, value: impl ToString) -> Self {
+        self.figures.push((name.into(), value.to_string()));
+        self
+    }
+    pub fn proof_line(mut self, line: impl Into<String>) -> Self {
+        self.proof.push(line.into());
+        self
+    }
+    pub fn evidence(mut self, lines: impl IntoIterator<Item = String>) -> Self {
+        self.evidence.extend(lines);
+        self
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct StepRecord {
+    name: String,
+    status: Status,
+    seconds: f64,
+    message: String,
+    #[serde(serialize_with = "figures_as_map")]
+    figures: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    evidence: Vec<String>,
+}
+
+fn figures_as_map<S: serde::Serializer>(
+    figures: &[(String, String)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(figures.len()))?;
+    for (k, v) in figures {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()
+}
+
+/// The run's running record and its live printout.
+pub struct Transcript {
+    /// `None`: silent (a run inside `checker validate`).
+    format: Option<Format>,
+    steps: Vec<StepRecord>,
+    current: Option<(String, Instant)>,
+    step_count: usize,
+}
+
+impl Transcript {
+    pub fn new(format: Option<Format>, step_count: usize) -> Self {
+        Transcript {
+            format,
+            steps: Vec::new(),
+            current: None,
+            step_count,
+        }
+    }
+
+    /// A line for people (text mode only).
+    pub fn say(&self, line: impl AsRef<str>) {
+        if self.format == Some(Format::Text) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", line.as_ref());
+            let _ = out.flush();
+        }
+    }
+
+    /// A progress line inside the current step.
+    pub fn detail(&self, line: impl AsRef<str>) {
+        self.say(format!("      {}", line.as_ref()));
+    }
+
+    pub fn begin_step(&mut self, name: &str, summary: &str) {
+        let number = self.steps.len() + 1;
+        self.say(format!(
+            "\n[{number}/{}] {name} — {summary}",
+            self.step_count
+        ));
+        self.current = Some((name.to_string(), Instant::now()));
+    }
+
+    pub fn end_step(&mut self, outcome: &StepOutcome) {
+        let (name, started) = self
+            .current
+            .take()
+            .unwrap_or_else(|| ("step".into(), Instant::now()));
+        let seconds = started.elapsed().as_secs_f64();
+        let mark = match outcome.status {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        };
+        self.say(format!("      {mark}: {}", outcome.message));
+        if outcome.status == Status::Fail {
+            if let Some(cause) = &outcome.cause {
+                self.say(format!("      likely cause: {cause}"));
+            }
+            if outcome
+                .evidence
+                .iter()
+                .any(|l| l.contains("not yet implemented"))
+            {
+                self.say("      note: the server reached a `todo!()` of the stub: fill in the `// TODO:` gaps");
+            }
+            for line in &outcome.evidence {
+                self.say(format!("      │ {line}"));
+            }
+        }
+        self.steps.push(StepRecord {
+            name,
+            status: outcome.status,
+            seconds: (seconds * 1000.0).round() / 1000.0,
+            message: outcome.message.clone(),
+            figures: outcome.figures.clone(),
+            cause: outcome.cause.clone(),
+            evidence: outcome.evidence.clone(),
+        });
+    }
+
+    /// Records a step that did not run because an earlier one failed.
+    pub fn skipped(&mut self, name: &str) {
+        self.steps.push(StepRecord {
+            name: name.to_string(),
+            status: Status::Skip,
+            seconds: 0.0,
+            message: "not run: an earlier step failed".into(),
+            figures: Vec::new(),
+            cause: None,
+            evidence: Vec::new(),
+        });
+    }
+
+    /// Prints the verdict and the proof block (text), or the whole JSON result.
+    pub fn finish(self, summary: &RunSummary) {
+        match self.format {
+            None => {}
+            Some(Format::Text) => {
+                self.say("");
+                self.say(&summary.verdict);
+                self.say("");
+                self.say(summary.proof.trim_end());
+                if let Some(note) = &summary.note {
+                    self.say("");
+                    self.say(note);
+                }
+            }
+            Some(Format::Json) => {
+                let document = serde_json::json!({
+                    "lesson": summary.lesson_id,
+                    "checked": summary.checked,
+                    "seed": summary.seed,
+                    "passed": summary.passed,
+                    "verdict": summary.verdict,
+                    "steps": self.steps,
+                    "proof": summary.proof,
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&document).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+/// The end of a run, as the transcript prints it.
+pub struct RunSummary {
+    pub lesson_id: String,
+    pub checked: String,
+    pub seed: u64,
+    pub passed: bool,
+    pub verdict: String,
+    pub proof: String,
+    pub note: Option<String>,
+}

@@ -1,0 +1,563 @@
+//! The student's server as a child process: started in its own process
+//! group, its output captured (capped), its listening address read, and
+//! killed and reaped on every path — drop, failure, timeout and Ctrl-C.
+//!
+//! This is the one module of the checker allowed `unsafe`: `pre_exec` runs
+//! in the forked child before `exec`, to set the parent-death signal and the
+//! open-file limit the lesson asks for.
+#![allow(unsafe_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use regex::Regex;
+
+/// How many lines of server output are kept (the newest win).
+const KEPT_LINES: usize = 2_000;
+/// Longer lines are cut, so a server printing without newlines stays bounded.
+const MAX_LINE_BYTES: usize = 1_000;
+/// How long a server may take to print its `listening on` line or accept.
+pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server gets to exit after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_millis(500);
+
+/// Every server process group still alive, for the Ctrl-C handler.
+static LIVE_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Which of the server's streams a captured line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How the checker learns where the server listens.
+#[derive(Clone, Debug)]
+pub enum ListenWait {
+    /// Read the `listening on <ip>:<port>` line from stdout.
+    ListeningLine,
+    /// The checker chose this port (`--exec` with `{port}`): wait until it accepts.
+    Port(u16),
+}
+
+/// Everything needed to start one server process.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub argv: Vec<String>,
+    pub wait: ListenWait,
+    /// Soft RLIMIT_NOFILE for the server (the C10K lesson starts it at 1,024).
+    pub nofile_soft: Option<u64>,
+}
+
+/// Why a server could not be started: the student's fault, with evidence.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub message: String,
+    pub cause: String,
+    pub output: Vec<String>,
+}
+
+/// A running server. Dropping it kills the whole process group.
+pub struct Server {
+    child: Child,
+    pub pid: Pid,
+    pub addr: SocketAddr,
+    output: Arc<OutputLog>,
+    readers: Vec<JoinHandle<()>>,
+    stopped: bool,
+}
+
+impl Server {
+    /// Starts the server and waits (bounded) until it listens.
+    /// `Ok(Err(..))` is a server that did not come up; `Err` is the tool's own failure.
+    pub fn start(launch: &Launch) -> Result<std::result::Result<Server, StartFailure>> {
+        let (program, args) = launch.argv.split_first().context("empty server command")?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let nofile_soft = launch.nofile_soft;
+        // SAFETY: the closure runs in the child between fork and exec and only
+        // makes async-signal-safe syscalls (prctl, getrlimit, setrlimit).
+        unsafe {
+            command.pre_exec(move || {
+                // If the checker dies (even by SIGKILL), the server dies with it.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                if let Some(soft) = nofile_soft {
+                    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+                    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+                    setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)?;
+                }
+                Ok(())
+            });
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                return Ok(Err(StartFailure {
+                    message: format!("could not start `{program}`: {err}"),
+                    cause: "the server command does not exist or is not executable".into(),
+                    output: Vec::new(),
+                }))
+            }
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        LIVE_GROUPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pid.as_raw());
+
+        let output = Arc::new(OutputLog::default());
+        let mut readers = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            readers.push(spawn_reader(stdout, Stream::Stdout, output.clone()));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            readers.push(spawn_reader(stderr, Stream::Stderr, output.clone()));
+        }
+        let mut server = Server {
+            child,
+            pid,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            output,
+            readers,
+            stopped: false,
+        };
+        let found = match &launch.wait {
+            ListenWait::ListeningLine => server.wait_for_listening_line(),
+            ListenWait::Port(port) => server.wait_for_port(*port),
+        };
+        match found {
+            Ok(addr) => {
+                server.addr = addr;
+                Ok(Ok(server))
+            }
+            Err((message, cause)) => {
+                server.stop();
+                let output = server.output_tail(30);
+                Ok(Err(StartFailure {
+                    message,
+                    cause,
+                    output,
+                }))
+            }
+        }
+    }
+
+    fn wait_for_listening_line(&mut self) -> std::result::Result<SocketAddr, (String, String)> {
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        loop {
+            if let Some(line) = self.output.listening_line() {
+                let addr = parse_listening_line(&line)?;
+                return match wait_until_accepting(addr, deadline) {
+                    true => Ok(addr),
+                    false => Err((
+                        format!("the server printed `{line}` but nothing accepts connections at {addr}"),
+                        "print the listening line after bind() and listen(), with the address from local_addr()".into(),
+                    )),
+                };
+            }
+            if let Some(status) = self.try_exit_status() {
+                self.wait_for_readers(Duration::from_millis(300));
+                if let Some(line) = self.output.listening_line() {
+                    let _ = line; // printed, then died: report the death
+                }
+                return Err((
+                    format!("the server exited ({}) before printing `listening on <ip>:<port>`", describe_status(status)),
+                    "it should bind, print the line, then serve until it is stopped; read its output below".into(),
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err((
+                    format!("no `listening on <ip>:<port>` line on stdout within {} s", LISTEN_TIMEOUT.as_secs()),
+                    "print exactly `listening on 127.0.0.1:<port>` (the bound port, from local_addr()) as soon as the listener is bound; in C, fflush(stdout) after it".into(),
+                ));
+            }
+            self.output.wait_for_change(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_for_port(&mut self, port: u16) -> std::result::Result<SocketAddr, (String, String)> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(addr);
+            }
+            if let Some(status) = self.try_exit_status() {
+                return Err((
+                    format!(
+                        "the server exited ({}) before accepting on port {port}",
+                        describe_status(status)
+                    ),
+                    "check that the command serves on the port given by {port}".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err((
+            format!(
+                "nothing accepted connections on port {port} within {} s",
+                LISTEN_TIMEOUT.as_secs()
+            ),
+            "check that the command listens on the port given by {port}".into(),
+        ))
+    }
+
+    /// The exit status if the server has exited (reaping it), else `None`.
+    pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `timeout` for the server to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A verdict-ready description if the server is no longer running.
+    pub fn death_notice(&mut self) -> Option<String> {
+        self.try_exit_status()
+            .map(|status| format!("the server exited ({})", describe_status(status)))
+    }
+
+    /// The newest `n` lines of captured output, prefixed for quoting.
+    pub fn output_tail(&self, n: usize) -> Vec<String> {
+        self.output.tail(n)
+    }
+
+    fn wait_for_readers(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the server and everything it started: SIGTERM to its group, a
+    /// short grace, then SIGKILL to the group and to every descendant that
+    /// left the group (setsid). Idempotent; never blocks for long.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let descendants = descendants_of(self.pid);
+        if self.try_exit_status().is_none() {
+            let _ = killpg(self.pid, Signal::SIGTERM);
+            if self.wait_exit(TERM_GRACE).is_none() {
+                let _ = killpg(self.pid, Signal::SIGKILL);
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        kill_and_reap(self.pid, &descendants);
+        LIVE_GROUPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&g| g != self.pid.as_raw());
+        // The readers end once every process holding the pipes is gone.
+        self.wait_for_readers(Duration::from_secs(1));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Kills the rest of a stopped server's process group and any descendant
+/// that escaped it, then reaps those that were reparented to the checker.
+fn kill_and_reap(group: Pid, descendants: &[Pid]) {
+    let _ = killpg(group, Signal::SIGKILL);
+    for &pid in descendants {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    }
+    for &pid in descendants {
+        // Only succeeds for orphans reparented to us (we are a subreaper).
+        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    }
+}
+
+/// Called once at start-up: orphaned grandchildren of servers (daemonised,
+/// setsid) become the checker's children, so they can be found and reaped.
+pub fn become_subreaper() {
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+}
+
+/// Kills every live server group; used by the Ctrl-C handler before exiting.
+pub fn kill_all_live() {
+    let groups = LIVE_GROUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for group in groups {
+        let pid = Pid::from_raw(group);
+        let descendants = descendants_of(pid);
+        kill_and_reap(pid, &descendants);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    }
+}
+
+/// Every process below `root` in the process tree, read from /proc.
+pub fn descendants_of(root: Pid) -> Vec<Pid> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = read_ppid(pid) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut queue = vec![root.as_raw()];
+    while let Some(pid) = queue.pop() {
+        for &child in children.get(&pid).map(Vec::as_slice).unwrap_or(&[]) {
+            found.push(Pid::from_raw(child));
+            queue.push(child);
+        }
+    }
+    found
+}
+
+fn read_ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Parses `listening on <ip>:<port>` and checks the address is one the
+/// checker may drive (loopback, or unspecified meaning all interfaces).
+fn parse_listening_line(line: &str) -> std::result::Result<SocketAddr, (String, String)> {
+    let addr: Option<SocketAddr> = listening_regex()
+        .captures(line)
+        .and_then(|c| format!("{}:{}", &c[1], &c[2]).parse().ok())
+        .or_else(|| {
+            let c = listening_regex().captures(line)?;
+            let ip: IpAddr = c[1]
+                .trim_matches(|ch| ch == '[' || ch == ']')
+                .parse()
+                .ok()?;
+            Some(SocketAddr::new(ip, c[2].parse().ok()?))
+        });
+    let Some(mut addr) = addr else {
+        return Err((
+            format!("could not read an address from `{line}`"),
+            "the line must be `listening on <ip>:<port>`, e.g. `listening on 127.0.0.1:40123`"
+                .into(),
+        ));
+    };
+    if addr.port() == 0 {
+        return Err((
+            format!("the server says `{line}`: port 0 is the port it asked for, not the one it got"),
+            "print listener.local_addr() after binding: with --port 0 the kernel picks the real port".into(),
+        ));
+    }
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => addr.set_ip(Ipv4Addr::LOCALHOST.into()),
+        IpAddr::V6(ip) if ip.is_unspecified() => addr.set_ip(Ipv6Addr::LOCALHOST.into()),
+        ip if ip.is_loopback() => {}
+        ip => {
+            return Err((
+                format!("the server listens on {ip}, which is not a loopback address"),
+                "the checker only drives servers on loopback: bind to --host (default 127.0.0.1)"
+                    .into(),
+            ))
+        }
+    }
+    Ok(addr)
+}
+
+fn listening_regex() -> &'static Regex {
+    static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"(?i)listening on\s+(\[[0-9a-f:.]+\]|[0-9.]+|[0-9a-z.-]+):(\d{1,5})\b")
+            .expect("static regex")
+    })
+}
+
+fn wait_until_accepting(addr: SocketAddr, deadline: Instant) -> bool {
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(signal) => format!("killed by {signal}"),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        _ => "unknown status".into(),
+    }
+}
+
+/// Captured server output: the newest lines of both streams, bounded.
+#[derive(Default)]
+struct OutputLog {
+    inner: Mutex<OutputInner>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct OutputInner {
+    lines: VecDeque<(u64, Stream, String)>,
+    next_index: u64,
+    listening_line: Option<String>,
+}
+
+impl OutputLog {
+    fn push(&self, stream: Stream, line: String) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if stream == Stream::Stdout {
+            if inner.listening_line.is_none() && listening_regex().is_match(&line) {
+                inner.listening_line = Some(line.clone());
+            }
+        }
+        let index = inner.next_index;
+        inner.next_index += 1;
+        inner.lines.push_back((index, stream, line));
+        if inner.lines.len() > KEPT_LINES {
+            inner.lines.pop_front();
+        }
+        self.changed.notify_all();
+    }
+
+    fn listening_line(&self) -> Option<String> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .listening_line
+            .clone()
+    }
+
+    fn wait_for_change(&self, timeout: Duration) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.changed.wait_timeout(inner, timeout);
+    }
+
+    fn tail(&self, n: usize) -> Vec<String> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = inner.lines.len().saturating_sub(n);
+        let mut quoted: Vec<String> = Vec::new();
+        if inner.next_index > inner.lines.len() as u64 || skip > 0 {
+            let hidden = inner.next_index - (inner.lines.len() - skip) as u64;
+            quoted.push(format!("[server] ... {hidden} earlier lines not shown"));
+        }
+        quoted.extend(
+            inner
+                .lines
+                .iter()
+                .skip(skip)
+                .map(|(_, stream, line)| match stream {
+                    Stream::Stdout => format!("[server] {line}"),
+                    Stream::Stderr => format!("[server:stderr] {line}"),
+                }),
+        );
+        quoted
+    }
+}
+
+/// Reads one stream into the log, line by line, never holding more than
+/// one capped line in memory however the server floods.
+fn spawn_reader(
+    mut source: impl Read + Send + 'static,
+    stream: Stream,
+    log: Arc<OutputLog>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        let mut line: Vec<u8> = Vec::new();
+        let mut truncated = false;
+        loop {
+            let n = match source.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for &byte in &chunk[..n] {
+                if byte == b'\n' {
+                    log.push(stream, finish_line(&mut line, &mut truncated));
+                } else if line.len() < MAX_LINE_BYTES {
+                    line.push(byte);
+                } else {
+                    truncated = true;
+                }
+            }
+        }
+        if !line.is_empty() {
+            log.push(stream, finish_line(&mut line, &mut truncated));
+        }
+    })
+}
+
+fn finish_line(line: &mut Vec<u8>, truncated: &mut bool) -> String {
+    let mut text = String::from_utf8_lossy(line)
+        .trim_end_matches('\r')
+        .to_string();
+    if *truncated {
+        text.push_str(" …(line cut)");
+    }
+    line.clear();
+    *truncated = false;
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_line_parses_ipv4_ipv6_and_rejects_port_zero() {
+        assert_eq!(
+            parse_listening_line("listening on 127.0.0.1:4000").unwrap(),
+            "127.0.0.1:4000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listening_line("listening on [::1]:4000").unwrap(),
+            "[::1]:4000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listening_line("listening on 0.0.0.0:4000").unwrap(),
+            "127.0.0.1:4000".parse().unwrap()
+        );
+        assert!(parse_listening_line("listening on 127.0.0.1:0").is_err());
+        assert!(parse_listening_line("listening on 10.1.2.3:4000").is_err());
+    }
+}

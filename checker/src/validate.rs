@@ -1,0 +1,134 @@
+//! `checker validate`: is the course sound? course.yaml loads (already done
+//! by the caller), every lesson's content passes the lint, every solution
+//! passes its lesson with a proof that grades, and every stub fails with a
+//! proof that does not.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::cli::{EXIT_FAIL, EXIT_PASS};
+use crate::course::{Course, Lesson};
+use crate::hashing;
+use crate::lint;
+use crate::proof;
+use crate::run::{self, RunRequest};
+
+pub fn validate(course: &Course, only: &[String], seed: Option<u64>) -> Result<u8> {
+    let seed = seed.unwrap_or_else(run::random_seed);
+    let lessons: Vec<&Lesson> = course
+        .lessons
+        .iter()
+        .filter(|l| only.is_empty() || only.contains(&l.id))
+        .collect();
+    for id in only {
+        course.lesson_or_suggest(id)?;
+    }
+    println!(
+        "validating {} lessons of {} · seed {seed}",
+        lessons.len(),
+        course.path.display()
+    );
+    println!(
+        "{:<9} {:<8} {:<10} {:<10} {:>8}",
+        "lesson", "content", "solution", "stub", "seconds"
+    );
+    let mut problems: Vec<String> = Vec::new();
+    for lesson in lessons {
+        let started = Instant::now();
+        let content = lint::lesson_problems(course, lesson);
+        let solution = run_quietly(course, lesson, true, seed)?;
+        let stub = run_quietly(course, lesson, false, seed)?;
+
+        let solution_verdict = if !solution.passed {
+            problems.push(format!(
+                "{}: the reference solution fails at step `{}` (replay: checker {} --solution --seed {seed})",
+                lesson.id,
+                solution.failed_step.as_deref().unwrap_or("?"),
+                lesson.id
+            ));
+            "FAILS"
+        } else if !proof::rejections(&solution.block, lesson).is_empty() {
+            problems.push(format!(
+                "{}: the solution passes but its proof block does not grade: {:?}",
+                lesson.id,
+                proof::rejections(&solution.block, lesson)
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+            ));
+            "BAD-PROOF"
+        } else {
+            "passes"
+        };
+        let stub_verdict = if stub.passed {
+            problems.push(format!(
+                "{}: the stub passes its lesson: its checks cannot fail",
+                lesson.id
+            ));
+            "PASSES"
+        } else if proof::rejections(&stub.block, lesson).is_empty() {
+            problems.push(format!(
+                "{}: the stub fails but its proof block grades as a pass",
+                lesson.id
+            ));
+            "BAD-PROOF"
+        } else {
+            "fails"
+        };
+        let content_verdict = if content.is_empty() { "ok" } else { "PROBLEMS" };
+        problems.extend(content.into_iter().map(|p| format!("{}: {p}", lesson.id)));
+        println!(
+            "{:<9} {:<8} {:<10} {:<10} {:>8.1}",
+            lesson.id,
+            content_verdict,
+            solution_verdict,
+            format!(
+                "{stub_verdict}{}",
+                stub.failed_step
+                    .as_deref()
+                    .map(|s| format!(" @{s}"))
+                    .unwrap_or_default()
+            ),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if problems.is_empty() {
+        println!("the course is sound");
+        Ok(EXIT_PASS)
+    } else {
+        println!("\n{} problem(s):", problems.len());
+        for problem in &problems {
+            println!("  - {problem}");
+        }
+        Ok(EXIT_FAIL)
+    }
+}
+
+fn run_quietly(
+    course: &Course,
+    lesson: &Lesson,
+    solution: bool,
+    seed: u64,
+) -> Result<run::RunResult> {
+    let dir = if solution {
+        course.solution_dir(lesson)
+    } else {
+        course.stub_dir(lesson)
+    };
+    let source = hashing::short(&hashing::source_hash(&dir)?).to_string();
+    let checked = if solution {
+        lesson.solution.display().to_string()
+    } else {
+        lesson.stub.display().to_string()
+    };
+    run::run_lesson(&RunRequest {
+        course,
+        lesson,
+        subject: crate::checks::Subject::Crate { dir },
+        checked,
+        source,
+        seed,
+        format: None,
+    })
+}

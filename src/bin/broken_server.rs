@@ -1,0 +1,127 @@
+//! Deliberately broken echo servers, one per `--bug`, for the checker's own
+//! tests: each check must be shown to fail on a server with exactly its bug.
+//! `--bug none` is a plain correct server (thread per connection, framed),
+//! so every fixture differs from a passing server by one thing.
+//!
+//! It speaks the course's command line (`--port`, `--host`, and accepts the
+//! lessons' other flags), so the checker can start it with `--exec`.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Bug {
+    /// No bug: a correct framed echo server.
+    None,
+    /// Never binds nor prints a listening line; just sleeps.
+    NeverListen,
+    /// Exits after serving its first client (w01-l01's classic).
+    ExitAfterFirstClient,
+    /// Serves a while, then exits with a panic mid-run.
+    CrashMidRun,
+    /// Accepts and reads but never echoes.
+    Hang,
+    /// When two whole frames are buffered, echoes them as one merged frame.
+    MergeFrames,
+    /// Flips one payload byte in every 100th frame it echoes.
+    CorruptByte,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, value_enum)]
+    bug: Bug,
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Lesson flags the fixtures accept and ignore.
+    #[arg(long)]
+    max_clients: Option<usize>,
+    #[arg(long)]
+    max_frame: Option<usize>,
+    /// Ignored: lets a test find exactly its own processes in /proc.
+    #[arg(long)]
+    tag: Option<String>,
+}
+
+fn main() -> io::Result<()> {
+    let args = Args::parse();
+    if args.bug == Bug::NeverListen {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
+    println!("listening on {}", listener.local_addr()?);
+    let frames_served = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        if args.bug == Bug::ExitAfterFirstClient {
+            let _ = serve(stream, args.bug, &frames_served);
+            return Ok(());
+        }
+        let counter = frames_served.clone();
+        std::thread::spawn(move || {
+            if let Err(err) = serve(stream, args.bug, &counter) {
+                eprintln!("client error: {err}");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Echoes frames (or, for the raw bugs, bytes) until the client closes.
+fn serve(mut stream: TcpStream, bug: Bug, frames_served: &AtomicUsize) -> io::Result<()> {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if bug == Bug::Hang {
+            continue;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        let mut frames = Vec::new();
+        while let Some(frame) = take_frame(&mut pending) {
+            frames.push(frame);
+        }
+        if bug == Bug::MergeFrames && frames.len() >= 2 {
+            let merged: Vec<u8> = frames.iter().flat_map(|f| f[4..].to_vec()).collect();
+            let mut out = (merged.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(&merged);
+            frames = vec![out];
+        }
+        for mut frame in frames {
+            let served = frames_served.fetch_add(1, Ordering::SeqCst) + 1;
+            if bug == Bug::CrashMidRun && served == 700 {
+                // A panic would end only this thread; a crash ends the process.
+                eprintln!("simulated crash after {served} frames");
+                std::process::abort();
+            }
+            if bug == Bug::CorruptByte && served % 100 == 0 && frame.len() > 4 {
+                frame[4] ^= 0xff;
+            }
+            stream.write_all(&frame)?;
+        }
+    }
+}
+
+/// Splits one whole frame (header included) off the front of `pending`.
+fn take_frame(pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+    if pending.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize;
+    if pending.len() < 4 + len {
+        return None;
+    }
+    Some(pending.drain(..4 + len).collect())
+}

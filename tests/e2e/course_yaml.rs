@@ -1,0 +1,77 @@
+use crate::support::*;
+
+fn checker_with_course(yaml: &str, lesson: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("course.yaml");
+    std::fs::write(&path, yaml).expect("writing course.yaml");
+    let output = checker()
+        .args([
+            "--course",
+            path.to_str().expect("utf-8 path"),
+            lesson,
+            "--solution",
+        ])
+        .output()
+        .expect("running the checker");
+    (
+        exit_code(&output),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+fn real_course() -> String {
+    let text = std::fs::read_to_string(workspace_root().join("course.yaml")).expect("course.yaml");
+    // Absolute crate paths, so the copy in a temp dir still finds the crates.
+    let root = workspace_root().display().to_string();
+    text.replace("stub: lessons/", &format!("stub: {root}/lessons/"))
+        .replace(
+            "solution: solutions/",
+            &format!("solution: {root}/solutions/"),
+        )
+}
+
+#[test]
+fn the_real_course_loads() {
+    let (code, stderr) = checker_with_course(&real_course(), "w99-l99");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no lesson `w99-l99`"), "{stderr}");
+}
+
+#[test]
+fn a_misspelt_step_parameter_names_file_lesson_and_field() {
+    let yaml = real_course().replace("runs: 3}", "runz: 3}");
+    assert_ne!(yaml, real_course(), "the test's edit must apply");
+    let (code, stderr) = checker_with_course(&yaml, "w02-l16");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("course.yaml"), "{stderr}");
+    assert!(stderr.contains("lesson w02-l16"), "{stderr}");
+    assert!(stderr.contains("stress.runz"), "{stderr}");
+    assert!(stderr.contains("unknown field"), "{stderr}");
+}
+
+#[test]
+fn an_order_that_disagrees_with_the_id_is_rejected() {
+    let yaml = real_course().replace("order: 16", "order: 17");
+    let (code, stderr) = checker_with_course(&yaml, "w02-l16");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("lesson w02-l16, field `order`"), "{stderr}");
+}
+
+#[test]
+fn a_proof_regex_that_does_not_compile_is_rejected_at_load() {
+    let yaml = real_course().replace("- \"50 clients\"", "- \"50 (clients\"");
+    let (code, stderr) = checker_with_course(&yaml, "w02-l16");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("lesson w02-l16, field `proof.regex_patterns[0]`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_lesson_folder_is_rejected() {
+    let yaml = real_course().replace("lessons/w01-l01\n", "lessons/w01-l01-gone\n");
+    let (code, stderr) = checker_with_course(&yaml, "w01-l01");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("lesson w01-l01, field `stub`"), "{stderr}");
+}

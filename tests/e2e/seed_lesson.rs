@@ -1,0 +1,94 @@
+use crate::support::*;
+
+#[test]
+fn w02_l16_solution_passes_three_runs_and_its_proof_matches_the_course_regexes() {
+    let (output, stdout) = run_checker(&["w02-l16", "--solution", "--seed", "1234"]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    for run in 1..=3 {
+        let line = format!("stress run {run}/3: 50 clients, 5000 frames, 0 failures");
+        assert!(stdout.contains(&line), "missing `{line}` in:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("----- BEGIN PROOF w02-l16 -----"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("result: PASS w02-l16"), "{stdout}");
+    assert!(stdout.contains("----- END PROOF w02-l16 -----"), "{stdout}");
+    // The proof block alone must satisfy the seed's regexes from course.yaml.
+    let block = stdout
+        .split("----- BEGIN PROOF w02-l16 -----")
+        .nth(1)
+        .and_then(|rest| rest.split("----- END PROOF w02-l16 -----").next())
+        .expect("a proof block");
+    for pattern in ["50 clients", "0 failures|5000.*pass"] {
+        assert!(
+            regex::Regex::new(pattern).unwrap().is_match(block),
+            "{pattern} in {block}"
+        );
+    }
+}
+
+#[test]
+fn w02_l16_stub_fails_the_stress_step_and_names_the_failing_frames() {
+    let (output, stdout) = run_checker(&["w02-l16", "--seed", "1234"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    assert!(
+        stdout.contains("FAILED w02-l16 at step `stress`"),
+        "{stdout}"
+    );
+    assert!(
+        regex::Regex::new(r"client \d+, frame \d+")
+            .unwrap()
+            .is_match(&stdout),
+        "the failure should name a client and a frame:\n{stdout}"
+    );
+    assert!(stdout.contains("result: FAIL w02-l16"), "{stdout}");
+    assert!(!stdout.contains("result: PASS"), "{stdout}");
+}
+
+#[test]
+fn a_byte_echo_server_nobody_here_wrote_passes_via_exec() {
+    let which = std::process::Command::new("socat").arg("-V").output();
+    assert!(
+        which.map(|o| o.status.success()).unwrap_or(false),
+        "socat is required (test.sh installs it: apt-get install -y socat)"
+    );
+    let (output, stdout) = run_checker(&[
+        "w02-l16",
+        "--exec",
+        "socat TCP-LISTEN:{port},reuseaddr,fork EXEC:cat",
+        "--seed",
+        "99",
+    ]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert!(
+        stdout.contains("stress run 3/3: 50 clients, 5000 frames, 0 failures"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("checked: exec `socat"), "{stdout}");
+}
+
+#[test]
+fn a_server_that_merges_pipelined_frames_fails_the_seed_lesson() {
+    let tag = "seed-lesson-merge";
+    let exec = fixture_exec("merge-frames", tag);
+    let (output, stdout) = run_checker(&["w02-l16", "--exec", &exec, "--seed", "5"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    assert!(stdout.contains("likely cause: framing"), "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn json_format_reports_every_step_with_name_status_seconds_message_figures() {
+    let (output, stdout) = run_checker(&["w01-l01", "--solution", "--format", "json"]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    let document: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    assert_eq!(document["passed"], true);
+    let steps = document["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 3);
+    for step in steps {
+        for key in ["name", "status", "seconds", "message", "figures"] {
+            assert!(step.get(key).is_some(), "{key} missing in {step}");
+        }
+    }
+}
