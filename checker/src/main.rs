@@ -9,6 +9,7 @@
 //! - `checks`   one module per kind of verify step, registered in `checks/mod.rs`
 //! - `run`      one run of one lesson: steps in order, verdict, proof block
 //! - `report`   the transcript (text as it runs, or JSON) and step outcomes
+//! - `procfs`   reading a live server through /proc: threads, fds, flags, epoll, RSS, CPU
 //! - `proof`    the proof block: rendering, finding in pasted text, grading
 //! - `hashing`  course and source hashes carried by proofs
 //! - `lint`     lesson content without running it: README sections, hints, stub vs solution
@@ -21,6 +22,7 @@ mod cli;
 mod course;
 mod hashing;
 mod lint;
+mod procfs;
 mod proof;
 mod report;
 mod run;

@@ -33,7 +33,7 @@ pub fn compare(expected: &[u8], actual: &[u8]) -> Vec<String> {
     lines.push(format!(
         "{:>w$}^^ byte {at}",
         "",
-        w = 10 + digits(from) + 3 * (at - from)
+        w = 12 + digits(from) + 3 * (at - from)
     ));
     lines
 }
