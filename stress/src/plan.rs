@@ -101,7 +101,14 @@ impl ClientPlan {
                 encoded_len += frame_len;
                 next += 1;
             }
-            let cuts = write_cuts(&mut rng, &frame_lens[start..next]);
+            // A connection's first write is never shorter than a length
+            // prefix. When a listen queue overflows, Linux answers with SYN
+            // cookies, and a cookie still validates on a data segment that
+            // starts up to 3 bytes late: the server would then silently
+            // lose a first write of 1-3 bytes. (Seen against socat, whose
+            // backlog is 5.) Later bursts split prefixes anywhere.
+            let shortest_first_write = if start == 0 { HEADER_LEN } else { 1 };
+            let cuts = write_cuts(&mut rng, &frame_lens[start..next], shortest_first_write);
             bursts.push(Burst {
                 frames: start..next,
                 cuts,
@@ -176,8 +183,12 @@ fn payload_len(rng: &mut ChaCha8Rng, max_payload: usize) -> usize {
 }
 
 /// Chooses where to split the writes of a burst of frames with these
-/// payload lengths.
-fn write_cuts(rng: &mut ChaCha8Rng, frame_lens: &[usize]) -> Vec<usize> {
+/// payload lengths; no cut falls before `shortest_first_write`.
+fn write_cuts(
+    rng: &mut ChaCha8Rng,
+    frame_lens: &[usize],
+    shortest_first_write: usize,
+) -> Vec<usize> {
     let encoded_len: usize = frame_lens.iter().map(|len| HEADER_LEN + len).sum();
     let header_starts: Vec<usize> = frame_lens
         .iter()
@@ -212,7 +223,7 @@ fn write_cuts(rng: &mut ChaCha8Rng, frame_lens: &[usize]) -> Vec<usize> {
             cuts.extend((1..=HEADER_LEN).map(|i| start + i));
         }
     }
-    cuts.retain(|&cut| cut > 0 && cut < encoded_len);
+    cuts.retain(|&cut| cut >= shortest_first_write && cut < encoded_len);
     cuts.sort_unstable();
     cuts.dedup();
     cuts
@@ -315,6 +326,18 @@ mod tests {
             })
         });
         assert!(inside_prefix);
+    }
+
+    #[test]
+    fn a_connection_never_starts_with_a_write_shorter_than_a_length_prefix() {
+        for client in 0..500 {
+            let plan = ClientPlan::generate(21, client, 5, 65536);
+            let first_cut = plan.bursts[0].cuts.first().copied();
+            assert!(
+                first_cut.is_none_or(|cut| cut >= HEADER_LEN),
+                "client {client}: {first_cut:?}"
+            );
+        }
     }
 
     #[test]

@@ -28,7 +28,13 @@ const LADDER: [(usize, usize); 5] = [(1, 1), (1, 10), (5, 10), (10, 100), (50, 1
 /// that every echo is identical to the frame sent. Connections refused, or
 /// closed before any echo, are retried with backoff until the timeout.
 #[derive(Debug, Parser)]
-#[command(name = "stress_test", version)]
+#[command(
+    name = "stress_test",
+    version,
+    after_help = "The last line printed is `C clients, C*F frames, N failures`.\n\
+                  Exit status: 0 every frame echoed correctly, 1 any failure, \
+                  2 usage error or a --host that does not resolve."
+)]
 struct Args {
     /// Server address or host name.
     #[arg(long, default_value = "127.0.0.1")]
@@ -114,7 +120,7 @@ fn run(args: &Args) -> Result<bool> {
 
 /// Runs `cfg`, showing a progress count on stderr when it is a terminal.
 fn run_with_progress_line(cfg: &StressConfig) -> StressReport {
-    let total = cfg.clients * cfg.frames;
+    let total = cfg.clients.saturating_mul(cfg.frames);
     let on_terminal = std::io::stderr().is_terminal();
     let report = run_stress_with_progress(cfg, &|verified| {
         if on_terminal {
@@ -138,7 +144,7 @@ fn print_report(report: &StressReport) {
     }
     if report.refused_retries > 0 {
         println!(
-            "retried {} connections refused or closed before any echo",
+            "connections refused or closed before any echo, retried: {}",
             report.refused_retries
         );
     }
