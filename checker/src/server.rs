@@ -30,8 +30,28 @@ pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server gets to exit after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(500);
 
-/// Every server process group still alive, for the Ctrl-C handler.
-static LIVE_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// A server whose resident memory passes this is stopped by the checker
+/// (measured, not RLIMIT_AS, which breaks thread-heavy servers).
+/// `CHECKER_RSS_LIMIT_MIB` overrides it (the checker's own tests use a
+/// lower limit to see the watchdog work quickly).
+const DEFAULT_RSS_LIMIT_KIB: u64 = 2 * 1024 * 1024;
+
+fn rss_limit_kib() -> u64 {
+    std::env::var("CHECKER_RSS_LIMIT_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|mib| mib * 1024)
+        .unwrap_or(DEFAULT_RSS_LIMIT_KIB)
+}
+/// How often the memory watchdog samples the server's RSS.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// The environment variable every server process (and everything it
+/// starts, whatever its process group or session) inherits: how the
+/// checker finds escaped descendants to kill.
+const MARKER_VAR: &str = "EPOLL_COURSE_CHECKER_SERVER";
+
+/// Every server still alive (process group, marker), for the Ctrl-C handler.
+static LIVE_GROUPS: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
 
 /// Which of the server's streams a captured line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +94,16 @@ pub struct Server {
     output: Arc<OutputLog>,
     readers: Vec<JoinHandle<()>>,
     stopped: bool,
+    marker: String,
+    watchdog: Arc<Watchdog>,
+}
+
+/// The memory watchdog's shared state: its verdict, and when to stop.
+#[derive(Default)]
+struct Watchdog {
+    /// Set when the watchdog killed the server: the RSS it saw, in KiB.
+    killed_at_rss_kib: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicBool,
 }
 
 impl Server {
@@ -81,12 +111,14 @@ impl Server {
     /// `Ok(Err(..))` is a server that did not come up; `Err` is the tool's own failure.
     pub fn start(launch: &Launch) -> Result<std::result::Result<Server, StartFailure>> {
         let (program, args) = launch.argv.split_first().context("empty server command")?;
+        let marker = new_marker();
         let mut command = Command::new(program);
         command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .env(MARKER_VAR, &marker)
             .process_group(0);
         let nofile_soft = launch.nofile_soft;
         // SAFETY: the closure runs in the child between fork and exec and only
@@ -117,7 +149,9 @@ impl Server {
         LIVE_GROUPS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(pid.as_raw());
+            .push((pid.as_raw(), marker.clone()));
+        let watchdog = Arc::new(Watchdog::default());
+        spawn_memory_watchdog(pid, watchdog.clone());
 
         let output = Arc::new(OutputLog::default());
         let mut readers = Vec::new();
@@ -134,6 +168,8 @@ impl Server {
             output,
             readers,
             stopped: false,
+            marker,
+            watchdog,
         };
         let found = match &launch.wait {
             ListenWait::ListeningLine => server.wait_for_listening_line(),
@@ -237,13 +273,48 @@ impl Server {
 
     /// A verdict-ready description if the server is no longer running.
     pub fn death_notice(&mut self) -> Option<String> {
-        self.try_exit_status()
-            .map(|status| format!("the server exited ({})", describe_status(status)))
+        let status = self.try_exit_status()?;
+        let rss = self.watchdog.killed_at_rss_kib.load(std::sync::atomic::Ordering::SeqCst);
+        if rss > 0 {
+            return Some(format!(
+                "the checker stopped the server: its memory (RSS) reached {} MiB, past the {} MiB limit — memory that grows without bound",
+                rss / 1024,
+                rss_limit_kib() / 1024
+            ));
+        }
+        Some(format!("the server exited ({})", describe_status(status)))
     }
 
     /// The newest `n` lines of captured output, prefixed for quoting.
     pub fn output_tail(&self, n: usize) -> Vec<String> {
         self.output.tail(n)
+    }
+
+    /// A mark in the captured output: what the server prints from now on
+    /// comes after it (see [`Server::stderr_since`]).
+    pub fn output_mark(&self) -> u64 {
+        self.output.inner.lock().unwrap_or_else(|e| e.into_inner()).next_index
+    }
+
+    /// The stderr lines captured since `mark`, waiting up to `timeout` for
+    /// the first one (the output is read on other threads).
+    pub fn stderr_since(&self, mark: u64, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found: Vec<String> = {
+                let inner = self.output.inner.lock().unwrap_or_else(|e| e.into_inner());
+                inner
+                    .lines
+                    .iter()
+                    .filter(|(index, stream, _)| *index >= mark && *stream == Stream::Stderr)
+                    .map(|(_, _, line)| line.clone())
+                    .collect()
+            };
+            if !found.is_empty() || Instant::now() >= deadline {
+                return found;
+            }
+            self.output.wait_for_change(Duration::from_millis(50));
+        }
     }
 
     fn wait_for_readers(&mut self, timeout: Duration) {
@@ -271,10 +342,12 @@ impl Server {
             }
         }
         kill_and_reap(self.pid, &descendants);
+        kill_marked(&self.marker);
+        self.watchdog.done.store(true, std::sync::atomic::Ordering::SeqCst);
         LIVE_GROUPS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|&g| g != self.pid.as_raw());
+            .retain(|(g, _)| *g != self.pid.as_raw());
         // The readers end once every process holding the pipes is gone.
         self.wait_for_readers(Duration::from_secs(1));
     }
@@ -311,13 +384,58 @@ pub fn kill_all_live() {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    for group in groups {
+    for (group, marker) in groups {
         let pid = Pid::from_raw(group);
         let descendants = descendants_of(pid);
         kill_and_reap(pid, &descendants);
+        kill_marked(&marker);
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     }
+}
+
+fn new_marker() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Kills (and reaps, where they became ours) every process that carries
+/// this server's marker in its environment: it finds a daemonised child
+/// that left the process group and session, even after its parent died.
+fn kill_marked(marker: &str) {
+    let needle = format!("{MARKER_VAR}={marker}");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|var| var == needle.as_bytes()) {
+            let pid = Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        }
+    }
+}
+
+/// Samples the server's RSS; past the limit, kills its group and records why.
+fn spawn_memory_watchdog(pid: Pid, watchdog: Arc<Watchdog>) {
+    use std::sync::atomic::Ordering;
+    let limit = rss_limit_kib();
+    std::thread::spawn(move || {
+        while !watchdog.done.load(Ordering::SeqCst) {
+            let Ok(rss) = crate::procfs::rss_kib(pid) else { return };
+            if rss > limit {
+                watchdog.killed_at_rss_kib.store(rss, Ordering::SeqCst);
+                let _ = killpg(pid, Signal::SIGKILL);
+                return;
+            }
+            std::thread::sleep(RSS_SAMPLE_EVERY);
+        }
+    });
 }
 
 /// Every process below `root` in the process tree, read from /proc.

@@ -30,6 +30,28 @@ enum Bug {
     MergeFrames,
     /// Flips one payload byte in every 100th frame it echoes.
     CorruptByte,
+    // Hostile servers: wrong as whole programs, not as echo servers.
+    /// Serves correctly while printing endless lines to stdout and stderr.
+    FloodOutput,
+    /// Prints a `listening on` line for a port nothing listens on.
+    WrongPortLine,
+    /// Binds and listens but never calls accept.
+    BindNoAccept,
+    /// Accepts connections but never reads them.
+    AcceptNoRead,
+    /// Serves correctly but ignores SIGTERM (needs SIGKILL).
+    IgnoreSigterm,
+    /// Forks a child that serves on the listening socket; the parent waits.
+    ForkKeepsPort,
+    /// Forks a child that calls setsid() and serves; the parent exits.
+    SetsidChild,
+    /// Exits with status 0 at once, before listening.
+    ExitAtOnce,
+    /// Reads without echoing while allocating (and touching) memory
+    /// without bound, so only the memory watchdog can end it early.
+    EatMemory,
+    /// Serves correctly while a second thread spins at 100% CPU.
+    Spin,
 }
 
 #[derive(Parser, Debug)]
@@ -57,11 +79,29 @@ fn main() -> io::Result<()> {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
+    if args.bug == Bug::ExitAtOnce {
+        return Ok(());
+    }
     let listener = TcpListener::bind((args.host.as_str(), args.port))?;
+    if args.bug == Bug::WrongPortLine {
+        let unused = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        println!("listening on {unused}");
+        drop(listener);
+        park_forever();
+    }
     println!("listening on {}", listener.local_addr()?);
+    start_side_effects(args.bug)?;
+    if args.bug == Bug::BindNoAccept {
+        park_forever();
+    }
     let frames_served = Arc::new(AtomicUsize::new(0));
+    let mut held = Vec::new();
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
+        if args.bug == Bug::AcceptNoRead {
+            held.push(stream);
+            continue;
+        }
         if args.bug == Bug::ExitAfterFirstClient {
             let _ = serve(stream, args.bug, &frames_served);
             return Ok(());
@@ -76,6 +116,70 @@ fn main() -> io::Result<()> {
     Ok(())
 }
 
+fn park_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// What the hostile bugs do beside serving: flood, spin, eat memory,
+/// ignore SIGTERM, or hand the port to a forked child.
+fn start_side_effects(bug: Bug) -> io::Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    match bug {
+        Bug::FloodOutput => {
+            std::thread::spawn(|| loop {
+                println!("flooding stdout flooding stdout flooding stdout flooding stdout");
+                eprintln!("flooding stderr flooding stderr flooding stderr flooding stderr");
+            });
+        }
+        Bug::Spin => {
+            std::thread::spawn(|| {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            });
+        }
+        Bug::EatMemory => {
+            std::thread::spawn(|| {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    // Touch every page so the memory is resident, not just reserved.
+                    let mut block = vec![0u8; 128 * 1024 * 1024];
+                    for page in block.iter_mut().step_by(4096) {
+                        *page = 1;
+                    }
+                    hoard.push(block);
+                }
+            });
+        }
+        Bug::IgnoreSigterm => {
+            // SAFETY: installs SIG_IGN, no handler code runs.
+            unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.map_err(io::Error::from)?;
+        }
+        Bug::ForkKeepsPort | Bug::SetsidChild => {
+            // SAFETY: no other thread exists yet; the child only continues
+            // into the ordinary single-threaded serving loop.
+            match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+                nix::unistd::ForkResult::Child => {
+                    if bug == Bug::SetsidChild {
+                        nix::unistd::setsid().map_err(io::Error::from)?;
+                    }
+                }
+                nix::unistd::ForkResult::Parent { .. } => {
+                    if bug == Bug::SetsidChild {
+                        std::process::exit(0);
+                    }
+                    park_forever();
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Echoes frames (or, for the raw bugs, bytes) until the client closes.
 fn serve(mut stream: TcpStream, bug: Bug, frames_served: &AtomicUsize) -> io::Result<()> {
     let mut pending: Vec<u8> = Vec::new();
@@ -85,7 +189,7 @@ fn serve(mut stream: TcpStream, bug: Bug, frames_served: &AtomicUsize) -> io::Re
         if n == 0 {
             return Ok(());
         }
-        if bug == Bug::Hang {
+        if bug == Bug::Hang || bug == Bug::EatMemory {
             continue;
         }
         pending.extend_from_slice(&chunk[..n]);

@@ -1,5 +1,6 @@
 //! Servers that misbehave as a whole program: each gets a clear verdict
-//! within a bounded time, and nothing they started survives the checker.
+//! within a bounded time (the HANG_GUARD of every checker run), and nothing
+//! they started survives the checker.
 
 use crate::support::*;
 
@@ -58,5 +59,106 @@ fn a_server_that_hangs_fails_by_timeout_not_by_hanging_the_checker() {
         stdout.contains("likely cause: the server stopped answering"),
         "{stdout}"
     );
+    assert_nothing_left(tag);
+}
+
+/// Runs w01-l01 against a hostile fixture; returns (exit code, stdout).
+fn w01_against(bug: &str, tag: &str) -> (i32, String) {
+    let (output, stdout) = run_checker(&["w01-l01", "--exec", &fixture_exec(bug, tag), "--seed", "1"]);
+    (exit_code(&output), stdout)
+}
+
+#[test]
+fn a_server_flooding_its_output_is_still_judged_and_its_output_is_capped() {
+    let tag = "hostile-flood";
+    let (code, stdout) = w01_against("flood-output", tag);
+    assert_eq!(code, 0, "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn a_listening_line_for_a_port_nobody_serves_fails_at_start() {
+    let tag = "hostile-wrong-port";
+    let (code, stdout) = w01_against("wrong-port-line", tag);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("FAILED w01-l01 at step `start`"), "{stdout}");
+    assert!(stdout.contains("but nothing accepts connections at"), "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn a_server_that_never_accepts_fails_by_echo_timeout() {
+    let tag = "hostile-no-accept";
+    let (code, stdout) = w01_against("bind-no-accept", tag);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("FAILED w01-l01 at step `echo`"), "{stdout}");
+    assert!(stdout.contains("no complete echo within 5 s"), "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn a_server_that_accepts_but_never_reads_fails_by_echo_timeout() {
+    let tag = "hostile-no-read";
+    let (code, stdout) = w01_against("accept-no-read", tag);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("no complete echo within 5 s"), "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn a_server_ignoring_sigterm_is_killed_with_sigkill() {
+    let tag = "hostile-ignore-term";
+    let (code, stdout) = w01_against("ignore-sigterm", tag);
+    assert_eq!(code, 0, "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn a_forked_child_holding_the_port_is_killed_with_its_parent() {
+    let tag = "hostile-fork";
+    let (code, stdout) = w01_against("fork-keeps-port", tag);
+    assert_eq!(code, 0, "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn a_child_that_left_the_session_with_setsid_is_found_and_killed() {
+    let tag = "hostile-setsid";
+    let (code, stdout) = w01_against("setsid-child", tag);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("the server exited (exit code 0)"), "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn a_server_that_exits_at_once_fails_at_start() {
+    let tag = "hostile-exit";
+    let (code, stdout) = w01_against("exit-at-once", tag);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("exited (exit code 0) before printing `listening on"), "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn a_server_eating_memory_is_stopped_by_the_rss_watchdog() {
+    let tag = "hostile-memory";
+    // A lower limit than the default 2 GiB, so the fixture reaches it fast.
+    let output = checker()
+        .env("CHECKER_RSS_LIMIT_MIB", "300")
+        .args(["w02-l16", "--exec", &fixture_exec("eat-memory", tag)])
+        .output()
+        .expect("running the checker");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    assert!(stdout.contains("memory (RSS) reached"), "{stdout}");
+    assert!(stdout.contains("past the 300 MiB limit"), "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn a_spinning_server_gets_its_verdict_and_is_stopped() {
+    let tag = "hostile-spin";
+    let (code, stdout) = w01_against("spin", tag);
+    assert_eq!(code, 0, "w01-l01 has no CPU probe: a spinning but correct echo passes\n{stdout}");
     assert_nothing_left(tag);
 }

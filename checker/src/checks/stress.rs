@@ -124,6 +124,9 @@ impl Check for Stress {
 /// The seed lesson's list of failures, matched to what the run saw.
 fn likely_cause(report: &StressReport, death: Option<&str>) -> String {
     if let Some(death) = death {
+        if death.starts_with("the checker stopped") {
+            return death.to_string();
+        }
         return format!("{death} during the run: read its output below; an unwrap() on a socket error or an unhandled EPIPE/ECONNRESET kills the whole server");
     }
     let has = |kind: FailureKind| report.failure_details.iter().any(|d| d.kind == kind);
