@@ -8,9 +8,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::checks::Subject;
 use crate::course::{self, Course, Lesson};
-use crate::hashing;
 use crate::report::Format;
 use crate::run;
+use crate::student;
 
 /// Exit codes: what the checker's callers rely on.
 pub const EXIT_PASS: u8 = 0;
@@ -38,12 +38,55 @@ enum Command {
     Check(CheckArgs),
     /// For instructors: find proof blocks in pasted text and grade each
     Grade {
-        /// A file of pasted text, or - for standard input
+        /// A file of pasted text, a directory of them (one per student), or - for standard input
         #[arg(default_value = "-")]
         input: String,
+        /// text (a table), json, junit or csv
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::grade::GradeFormat,
+        /// The student's repository: flag a proof whose source hash differs from lessons/<id> there
+        #[arg(long, value_name = "DIR")]
+        repo: Option<PathBuf>,
+        /// With --repo: re-run each lesson there with the block's seed and compare
+        #[arg(long, requires = "repo")]
+        rerun: bool,
     },
-    /// Every lesson in order: part, id, title, minutes, XP
+    /// What the checker needs from this machine, and whether it has it
+    Doctor,
+    /// Every lesson in order: part, id, title, minutes, XP and your status
     List,
+    /// Print a lesson's text
+    Show { id: String },
+    /// Reveal a lesson's hints one at a time
+    Hint {
+        id: String,
+        /// Show every hint at once
+        #[arg(long)]
+        all: bool,
+    },
+    /// Name the first lesson not passed yet, and how to start it
+    Next,
+    /// Re-check a lesson on every save (default: the lesson `next` names)
+    Watch {
+        id: Option<String>,
+        /// Re-check on Enter instead of on save (for file systems that cannot be watched)
+        #[arg(long)]
+        manual: bool,
+    },
+    /// Build your server and run it in the foreground, to try it by hand
+    Run {
+        id: String,
+        /// Arguments for the server (default: --port 0 and the lesson's flags)
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Put a lesson's stub back as the course ships it (your version is backed up)
+    Reset {
+        id: String,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
     /// For maintainers and CI: course.yaml and lesson content sound, every
     /// solution passes, every stub fails
     Validate {
@@ -123,28 +166,62 @@ fn run(cli: Cli) -> Result<u8> {
     let course = course::load(&path)?;
     match cli.command {
         Command::Check(args) => check(&course, args),
-        Command::Grade { input } => grade(&course, &input),
+        Command::Grade {
+            input,
+            format,
+            repo,
+            rerun,
+        } => crate::grade::grade(&course, &input, &crate::grade::GradeOptions { format, repo, rerun }),
         Command::List => {
-            list(&course);
+            student::list(&course);
             Ok(EXIT_PASS)
         }
+        Command::Show { id } => {
+            student::show(&course, course.lesson_or_suggest(&id)?)?;
+            Ok(EXIT_PASS)
+        }
+        Command::Hint { id, all } => {
+            student::hint(&course, course.lesson_or_suggest(&id)?, all)?;
+            Ok(EXIT_PASS)
+        }
+        Command::Doctor => Ok(if crate::preflight::doctor() { EXIT_PASS } else { EXIT_FAIL }),
+        Command::Next => {
+            student::next(&course);
+            Ok(EXIT_PASS)
+        }
+        Command::Watch { id, manual } => {
+            let progress = crate::progress::Progress::load(&course);
+            let lesson = match id {
+                Some(id) => course.lesson_or_suggest(&id)?,
+                None => student::next_lesson(&course, &progress)
+                    .context("every lesson has passed: name one to watch (checker watch <id>)")?,
+            };
+            student::watch(&course, lesson, manual)
+        }
+        Command::Run { id, args } => student::run_server(&course, course.lesson_or_suggest(&id)?, &args),
+        Command::Reset { id, yes } => student::reset(&course, course.lesson_or_suggest(&id)?, yes),
         Command::Validate { ids, seed } => crate::validate::validate(&course, &ids, seed),
     }
 }
 
 fn check(course: &Course, args: CheckArgs) -> Result<u8> {
     let lesson = course.lesson_or_suggest(&args.id)?;
-    let (subject, checked, source) = subject_of(course, lesson, &args)?;
+    let is_students_own = !args.solution && args.path.is_none() && args.exec.is_none();
+    let (subject, checked) = subject_of(course, lesson, &args)?;
     let seed = args.seed.unwrap_or_else(run::random_seed);
     let result = run::run_lesson(&run::RunRequest {
         course,
         lesson,
         subject,
         checked,
-        source,
         seed,
         format: Some(args.format),
     })?;
+    if is_students_own {
+        let mut progress = crate::progress::Progress::load(course);
+        progress.record(&lesson.id, result.passed, seed);
+        progress.save(course)?;
+    }
     if result.passed {
         run::ensure_proof_grades(&result, lesson)?;
         Ok(EXIT_PASS)
@@ -153,21 +230,17 @@ fn check(course: &Course, args: CheckArgs) -> Result<u8> {
     }
 }
 
-/// The subject, how the proof names it, and its source hash.
+/// The subject, and how the proof names it.
 fn subject_of(
     course: &Course,
     lesson: &Lesson,
     args: &CheckArgs,
-) -> Result<(Subject, String, String)> {
+) -> Result<(Subject, String)> {
     if let Some(command) = &args.exec {
         let argv = shlex::split(command)
             .filter(|words| !words.is_empty())
             .with_context(|| format!("--exec: cannot split `{command}` into words"))?;
-        return Ok((
-            Subject::Exec { argv },
-            format!("exec `{command}`"),
-            "none (--exec)".into(),
-        ));
+        return Ok((Subject::Exec { argv }, format!("exec `{command}`")));
     }
     let (dir, label) = if let Some(path) = &args.path {
         (path.clone(), format!("path {}", path.display()))
@@ -182,62 +255,5 @@ fn subject_of(
     if !dir.join("Cargo.toml").is_file() {
         anyhow::bail!("{} is not a crate (no Cargo.toml)", dir.display());
     }
-    let source = hashing::short(&hashing::source_hash(&dir)?).to_string();
-    Ok((Subject::Crate { dir }, label, source))
-}
-
-fn list(course: &Course) {
-    println!("{} (course {})", course.info.title, course.info.version);
-    println!(
-        "{:<5} {:<8} {:<52} {:>5} {:>4}",
-        "part", "id", "title", "min", "xp"
-    );
-    for lesson in &course.lessons {
-        println!(
-            "{:<5} {:<8} {:<52} {:>5} {:>4}",
-            lesson.part, lesson.id, lesson.title, lesson.duration_minutes, lesson.xp
-        );
-    }
-    let minutes: u32 = course.lessons.iter().map(|l| l.duration_minutes).sum();
-    let xp: u32 = course.lessons.iter().map(|l| l.xp).sum();
-    println!(
-        "{} lessons, {minutes} minutes, {xp} XP",
-        course.lessons.len()
-    );
-}
-
-/// Grades every proof block found in the input: 0 all passed, 1 any failed
-/// or none found.
-fn grade(course: &Course, input: &str) -> Result<u8> {
-    let text = if input == "-" {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-            .context("reading standard input")?;
-        text
-    } else {
-        let bytes = std::fs::read(input).with_context(|| format!("reading {input}"))?;
-        String::from_utf8_lossy(&bytes).to_string()
-    };
-    let blocks = crate::proof::find_blocks(&text);
-    if blocks.is_empty() {
-        println!("no proof block found (a block runs from `----- BEGIN PROOF <id> -----` to `----- END PROOF <id> -----`)");
-        return Ok(EXIT_FAIL);
-    }
-    let mut all_passed = true;
-    for block in &blocks {
-        let Some(lesson) = course.lesson(&block.lesson_id) else {
-            println!("{}: unknown lesson id", block.lesson_id);
-            all_passed = false;
-            continue;
-        };
-        let rejections = crate::proof::rejections(block, lesson);
-        if rejections.is_empty() {
-            println!("{}: passed", lesson.id);
-        } else {
-            all_passed = false;
-            let reasons: Vec<String> = rejections.iter().map(|r| r.to_string()).collect();
-            println!("{}: failed: {}", lesson.id, reasons.join("; "));
-        }
-    }
-    Ok(if all_passed { EXIT_PASS } else { EXIT_FAIL })
+    Ok((Subject::Crate { dir }, label))
 }

@@ -10,7 +10,11 @@
 //! - `run`      one run of one lesson: steps in order, verdict, proof block
 //! - `report`   the transcript (text as it runs, or JSON) and step outcomes
 //! - `procfs`   reading a live server through /proc: threads, fds, flags, epoll, RSS, CPU
+//! - `preflight` what the machine must give (open files, ports, backlog), `checker doctor`
+//! - `progress` the student's progress file (.checker/progress.json)
+//! - `student`  list, show, hint, next, watch, run, reset
 //! - `proof`    the proof block: rendering, finding in pasted text, grading
+//! - `grade`    `checker grade`: pasted proofs graded, flagged, tabulated (text/JSON/JUnit/CSV)
 //! - `hashing`  course and source hashes carried by proofs
 //! - `lint`     lesson content without running it: README sections, hints, stub vs solution
 //! - `validate` `checker validate`: lint, every solution passes, every stub fails
@@ -20,17 +24,22 @@ mod build;
 mod checks;
 mod cli;
 mod course;
+mod grade;
 mod hashing;
 mod lint;
 mod procfs;
+mod progress;
+mod preflight;
 mod proof;
 mod report;
 mod run;
 mod server;
+mod student;
 mod validate;
 
 fn main() -> std::process::ExitCode {
     server::become_subreaper();
+    preflight::raise_own_file_limit();
     // Ctrl-C (or SIGTERM): no server the checker started may outlive it.
     let _ = ctrlc::set_handler(|| {
         server::kill_all_live();

@@ -15,8 +15,6 @@ pub struct RunRequest<'a> {
     pub subject: Subject,
     /// How the proof names what was checked.
     pub checked: String,
-    /// The checked crate's source hash (shortened), or a note for --exec.
-    pub source: String,
     pub seed: u64,
     /// `None` runs silently (validate prints its own table).
     pub format: Option<Format>,
@@ -42,6 +40,10 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
         "checking {} · seed {seed} (replay with --seed {seed})",
         request.checked
     ));
+
+    for warning in crate::preflight::warnings() {
+        log.say(warning);
+    }
 
     let mut ctx = Ctx {
         lesson,
@@ -73,12 +75,13 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
             "checker {} · course {} · source {} · seed {seed}",
             env!("CARGO_PKG_VERSION"),
             hashing::short(&hashing::course_hash(&request.course.raw)),
-            request.source
+            source_of(&request.subject)?
         ),
         format!("checked: {}", request.checked),
     ];
     body.extend(proof_lines);
     body.push(ProofBlock::verdict_line(passed, &lesson.id));
+    body.push(proof::digest_line(&lesson.id, &body));
     let block = ProofBlock {
         lesson_id: lesson.id.clone(),
         body,
@@ -112,6 +115,15 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
         passed,
         failed_step,
         block,
+    })
+}
+
+/// The source hash the proof carries, computed after the build (which may
+/// have written the crate's Cargo.lock), or a note for `--exec`.
+fn source_of(subject: &Subject) -> Result<String> {
+    Ok(match subject {
+        Subject::Crate { dir } => hashing::short(&hashing::source_hash(dir)?).to_string(),
+        Subject::Exec { .. } => "none (--exec)".to_string(),
     })
 }
 

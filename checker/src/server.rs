@@ -564,10 +564,11 @@ struct OutputInner {
 impl OutputLog {
     fn push(&self, stream: Stream, line: String) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if stream == Stream::Stdout {
-            if inner.listening_line.is_none() && listening_regex().is_match(&line) {
-                inner.listening_line = Some(line.clone());
-            }
+        if stream == Stream::Stdout
+            && inner.listening_line.is_none()
+            && listening_regex().is_match(&line)
+        {
+            inner.listening_line = Some(line.clone());
         }
         let index = inner.next_index;
         inner.next_index += 1;

@@ -9,7 +9,6 @@ use anyhow::Result;
 
 use crate::cli::{EXIT_FAIL, EXIT_PASS};
 use crate::course::{Course, Lesson};
-use crate::hashing;
 use crate::lint;
 use crate::proof;
 use crate::run::{self, RunRequest};
@@ -116,7 +115,6 @@ fn run_quietly(
     } else {
         course.stub_dir(lesson)
     };
-    let source = hashing::short(&hashing::source_hash(&dir)?).to_string();
     let checked = if solution {
         lesson.solution.display().to_string()
     } else {
@@ -127,7 +125,6 @@ fn run_quietly(
         lesson,
         subject: crate::checks::Subject::Crate { dir },
         checked,
-        source,
         seed,
         format: None,
     })

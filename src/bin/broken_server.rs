@@ -210,7 +210,7 @@ fn serve(mut stream: TcpStream, bug: Bug, frames_served: &AtomicUsize) -> io::Re
                 eprintln!("simulated crash after {served} frames");
                 std::process::abort();
             }
-            if bug == Bug::CorruptByte && served % 100 == 0 && frame.len() > 4 {
+            if bug == Bug::CorruptByte && served.is_multiple_of(100) && frame.len() > 4 {
                 frame[4] ^= 0xff;
             }
             stream.write_all(&frame)?;

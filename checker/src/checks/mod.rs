@@ -13,10 +13,23 @@ use crate::report::{StepOutcome, Transcript};
 use crate::server::{Launch, ListenWait, Server};
 
 mod build;
+mod concurrency;
 mod echo;
 mod excerpt;
+mod frame_client;
+mod frames;
+mod oversize;
+mod pool;
 mod start;
 mod stress;
+mod hold;
+mod idle_cpu;
+mod process;
+mod slow_reader;
+mod stalled_client;
+mod epoll;
+mod burst;
+mod connect_burst;
 
 /// One kind of step: parameters from course.yaml, and how to run them.
 pub trait Check {
@@ -86,6 +99,18 @@ steps! {
     "start" => Start(start::Start),
     "echo" => Echo(echo::Echo),
     "stress" => Stress(stress::Stress),
+    "frames" => Frames(frames::Frames),
+    "oversize" => Oversize(oversize::Oversize),
+    "concurrency" => Concurrency(concurrency::Concurrency),
+    "pool" => Pool(pool::Pool),
+    "process" => Process(process::Process),
+    "hold" => Hold(hold::Hold),
+    "stalled_client" => StalledClient(stalled_client::StalledClient),
+    "idle_cpu" => IdleCpu(idle_cpu::IdleCpu),
+    "slow_reader" => SlowReader(slow_reader::SlowReader),
+    "epoll" => Epoll(epoll::Epoll),
+    "burst" => Burst(burst::Burst),
+    "connect_burst" => ConnectBurst(connect_burst::ConnectBurst),
 }
 
 impl Step {

@@ -1,0 +1,272 @@
+//! `hold`: opens `connections` connections and keeps every one of them open,
+//! then each sends a frame and must get its echo while all are still held.
+//! A server that serves one client at a time (a blocking loop) answers the
+//! first and leaves the rest waiting. Optionally (`nonblocking: true`) every
+//! client socket the server holds must have O_NONBLOCK set, read from
+//! /proc/PID/fdinfo (the listening socket is not judged).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use nix::unistd::Pid;
+use serde::Deserialize;
+
+use super::{Check, Ctx};
+use crate::procfs;
+use crate::report::StepOutcome;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hold {
+    /// Connections opened and held at once.
+    pub connections: usize,
+    /// Bound on all the echoes together, in seconds.
+    pub timeout_secs: u64,
+    /// Also require O_NONBLOCK on every client socket of the server.
+    pub nonblocking: bool,
+    pub args: Vec<String>,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Hold {
+            connections: 100,
+            timeout_secs: 10,
+            nonblocking: false,
+            args: Vec::new(),
+        }
+    }
+}
+
+/// How reading an expected echo ended.
+pub(super) enum Echoed {
+    Complete(Vec<u8>),
+    Eof(Vec<u8>),
+    TimedOut(Vec<u8>),
+    Failed(Vec<u8>, std::io::Error),
+}
+
+/// Reads exactly `want` bytes before `deadline` (bounded), or says why not.
+pub(super) fn read_echo(stream: &mut TcpStream, want: usize, deadline: Instant) -> Echoed {
+    let mut received = Vec::with_capacity(want);
+    let mut chunk = vec![0u8; 64 * 1024];
+    while received.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Echoed::TimedOut(received);
+        }
+        let room = (want - received.len()).min(chunk.len());
+        match stream.read(&mut chunk[..room]) {
+            Ok(0) => return Echoed::Eof(received),
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Echoed::TimedOut(received)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Echoed::Failed(received, e),
+        }
+    }
+    Echoed::Complete(received)
+}
+
+/// The inodes of listening TCP sockets on `port`, from the server's own
+/// view of /proc/net/tcp and tcp6 (state 0A is LISTEN).
+pub(super) fn listening_inodes(pid: Pid, port: u16) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for table in ["net/tcp", "net/tcp6"] {
+        let path = format!("/proc/{}/{table}", pid.as_raw());
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (words.get(1), words.get(3), words.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && local_port == Some(port) {
+                inodes.push(inode.to_string());
+            }
+        }
+    }
+    inodes
+}
+
+/// Client sockets of the server without O_NONBLOCK: `(fd, flags)`.
+/// Every socket fd except the listening one is judged.
+pub(super) fn blocking_client_sockets(pid: Pid, port: u16) -> Result<(usize, Vec<(i32, u32)>)> {
+    let listeners = listening_inodes(pid, port);
+    let mut judged = 0;
+    let mut blocking = Vec::new();
+    for fd in procfs::open_fds(pid)? {
+        let Some(inode) = fd
+            .target
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+        else {
+            continue;
+        };
+        if listeners.iter().any(|l| l == inode) {
+            continue;
+        }
+        let Ok(flags) = procfs::fd_flags(pid, fd.fd) else {
+            continue; // closed meanwhile
+        };
+        judged += 1;
+        if flags & procfs::O_NONBLOCK == 0 {
+            blocking.push((fd.fd, flags));
+        }
+    }
+    Ok((judged, blocking))
+}
+
+impl Check for Hold {
+    fn summary(&self) -> String {
+        format!(
+            "hold {} connections open at once; every one echoes a frame while all are held{}",
+            self.connections,
+            if self.nonblocking {
+                "; every client socket of the server non-blocking"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome> {
+        let mut server = match ctx.start_server(&self.args)? {
+            Ok(server) => server,
+            Err(failed) => return Ok(failed),
+        };
+        let mut held = Vec::with_capacity(self.connections);
+        for client in 1..=self.connections {
+            match TcpStream::connect_timeout(&server.addr, Duration::from_secs(3)) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    held.push(stream);
+                }
+                Err(err) => {
+                    return Ok(StepOutcome::fail(format!(
+                        "connection {client} of {}: connect failed: {err}",
+                        self.connections
+                    ))
+                    .cause("the server stopped accepting while holding the earlier connections")
+                    .evidence(Ctx::server_evidence(&mut server)))
+                }
+            }
+        }
+        ctx.log
+            .detail(format!("{} connections open, all held", held.len()));
+        // Every client sends before any echo is awaited: all are waiting at once.
+        let frames: Vec<Vec<u8>> = (1..=held.len())
+            .map(|c| stress::frame::encode(format!("held client {c} of {}", held.len()).as_bytes()))
+            .collect();
+        for (i, stream) in held.iter_mut().enumerate() {
+            if let Err(err) = stream.write_all(&frames[i]) {
+                return Ok(StepOutcome::fail(format!(
+                    "connection {}: sending a {}-byte frame failed: {err}",
+                    i + 1,
+                    frames[i].len()
+                ))
+                .cause("the server closed or reset a connection it should be holding")
+                .evidence(Ctx::server_evidence(&mut server)));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(self.timeout_secs);
+        let mut echoed = 0;
+        for (i, stream) in held.iter_mut().enumerate() {
+            let client = i + 1;
+            let (what, got) = match read_echo(stream, frames[i].len(), deadline) {
+                Echoed::Complete(got) if got == frames[i] => {
+                    echoed += 1;
+                    continue;
+                }
+                Echoed::Complete(got) => {
+                    ("an echo that differs from the frame sent".to_string(), got)
+                }
+                Echoed::Eof(got) => ("EOF: the server closed the connection".to_string(), got),
+                Echoed::TimedOut(got) => ("no complete echo".to_string(), got),
+                Echoed::Failed(got, err) => (format!("a reset or error ({err})"), got),
+            };
+            let served_first = echoed > 0;
+            return Ok(StepOutcome::fail(format!(
+                "connection {client} of {}: {what} within {} s while all {} connections were held ({echoed} echoed)",
+                held.len(),
+                self.timeout_secs,
+                held.len()
+            ))
+            .cause(if served_first {
+                "the server serves one client at a time: a blocking read on one connection keeps the others waiting. Make every socket non-blocking and visit all of them in one loop"
+            } else {
+                "no held connection was echoed: the server is probably stuck in a blocking call (accept() waiting for one more client, or read() on one socket). Make the listener and every client socket non-blocking and treat WouldBlock as \"nothing now, go on\""
+            })
+            .evidence(
+                std::iter::once(format!(
+                    "sent {} bytes ({:?}); got back {} bytes",
+                    frames[i].len(),
+                    String::from_utf8_lossy(&frames[i][4..]),
+                    got.len()
+                ))
+                .chain(Ctx::server_evidence(&mut server)),
+            )
+            .figure("echoed_while_held", echoed));
+        }
+        ctx.log
+            .detail(format!("{echoed} of {} echoed while all held", held.len()));
+        let mut proof = vec![format!(
+            "hold: {} connections held at once, {echoed} echoed while all were open",
+            held.len()
+        )];
+        if self.nonblocking {
+            let (judged, blocking) = blocking_client_sockets(server.pid, server.addr.port())?;
+            if judged < held.len() {
+                return Ok(StepOutcome::fail(format!(
+                    "the server holds {judged} client sockets, but {} connections are open",
+                    held.len()
+                ))
+                .cause("every accepted connection must stay open (its socket kept) until the client leaves")
+                .evidence(Ctx::server_evidence(&mut server)));
+            }
+            if let Some((fd, flags)) = blocking.first() {
+                return Ok(StepOutcome::fail(format!(
+                    "{} of {judged} client sockets of the server are blocking (no O_NONBLOCK)",
+                    blocking.len()
+                ))
+                .cause("call set_nonblocking(true) on every accepted TcpStream: a blocking read or write on one client can freeze the whole loop")
+                .evidence(
+                    std::iter::once(format!(
+                        "/proc/{}/fdinfo/{fd}: flags: 0{flags:o} (O_NONBLOCK is 04000)",
+                        server.pid
+                    ))
+                    .chain(Ctx::server_evidence(&mut server)),
+                ));
+            }
+            ctx.log
+                .detail(format!("{judged} client sockets, all with O_NONBLOCK"));
+            proof.push(format!(
+                "hold: {judged} client sockets of the server, all O_NONBLOCK"
+            ));
+        }
+        let mut outcome = StepOutcome::pass(format!(
+            "{} connections held at once, every one echoed",
+            held.len()
+        ))
+        .figure("echoed_while_held", echoed);
+        for line in proof {
+            outcome = outcome.proof_line(line);
+        }
+        Ok(outcome)
+    }
+}

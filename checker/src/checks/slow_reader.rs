@@ -1,0 +1,201 @@
+//! `slow_reader`: one client sends `bytes` of frames in one go and starts
+//! reading only after `delay_ms`, so the server's writes to it fill the
+//! socket buffer and come back partial or WouldBlock. Every byte must come
+//! back, in order, and other clients must be served meanwhile. Catches a
+//! server that ignores the count `write` returns, drops what WouldBlock
+//! refused, closes the client for it, or blocks in write and stalls everyone.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+
+use super::hold::{read_echo, Echoed};
+use super::{Check, Ctx};
+use crate::report::StepOutcome;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlowReader {
+    /// Bytes the slow client sends (whole frames of `frame_size` payload bytes).
+    pub bytes: usize,
+    /// Payload bytes per frame.
+    pub frame_size: usize,
+    /// How long the slow client waits before it starts reading, in ms.
+    pub delay_ms: u64,
+    /// Other clients served while the slow one does not read.
+    pub clients: usize,
+    /// Frames each other client sends, one echo awaited at a time.
+    pub frames: usize,
+    /// Bound on the slow client's whole echo once it reads, in seconds.
+    pub timeout_secs: u64,
+    pub args: Vec<String>,
+}
+
+impl Default for SlowReader {
+    fn default() -> Self {
+        SlowReader {
+            bytes: 8 * 1024 * 1024,
+            frame_size: 16 * 1024,
+            delay_ms: 1000,
+            clients: 3,
+            frames: 10,
+            timeout_secs: 30,
+            args: Vec::new(),
+        }
+    }
+}
+
+impl Check for SlowReader {
+    fn summary(&self) -> String {
+        format!(
+            "one client sends {} KiB of frames and reads only after {} ms; every byte back in order, {} other clients served meanwhile",
+            self.bytes / 1024,
+            self.delay_ms,
+            self.clients
+        )
+    }
+
+    fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome> {
+        let mut server = match ctx.start_server(&self.args)? {
+            Ok(server) => server,
+            Err(failed) => return Ok(failed),
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
+        let frame_size = self.frame_size.max(1);
+        let count = (self.bytes / (frame_size + 4)).max(1);
+        let mut wire = Vec::with_capacity(count * (frame_size + 4));
+        for _ in 0..count {
+            let payload: Vec<u8> = (0..frame_size).map(|_| rng.random::<u8>()).collect();
+            stress::frame::encode_into(&payload, &mut wire);
+        }
+        let timeout = Duration::from_secs(self.timeout_secs);
+        let mut slow = match TcpStream::connect_timeout(&server.addr, Duration::from_secs(3)) {
+            Ok(stream) => stream,
+            Err(err) => {
+                return Ok(
+                    StepOutcome::fail(format!("slow client: connect failed: {err}"))
+                        .cause("the server does not accept connections")
+                        .evidence(Ctx::server_evidence(&mut server)),
+                )
+            }
+        };
+        // The slow client writes everything from its own thread (bounded by a
+        // write timeout) while it reads nothing.
+        let mut writer = slow.try_clone()?;
+        writer.set_write_timeout(Some(timeout))?;
+        let to_send = wire.clone();
+        let sender = std::thread::spawn(move || writer.write_all(&to_send));
+        ctx.log.detail(format!(
+            "slow client: sending {count} frames ({} bytes) and not reading for {} ms",
+            wire.len(),
+            self.delay_ms
+        ));
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_millis(200.min(self.delay_ms)));
+        let mut echoed = 0;
+        for client in 1..=self.clients {
+            let mut stream = match TcpStream::connect_timeout(&server.addr, Duration::from_secs(3))
+            {
+                Ok(stream) => stream,
+                Err(err) => return Ok(StepOutcome::fail(format!(
+                    "client {client}: connect failed while the slow client was not reading: {err}"
+                ))
+                .cause("the server stopped accepting while one client's echoes were backed up")
+                .evidence(Ctx::server_evidence(&mut server))),
+            };
+            let _ = stream.set_nodelay(true);
+            for frame in 0..self.frames {
+                let sent =
+                    stress::frame::encode(format!("client {client} frame {frame}").as_bytes());
+                let outcome = match stream.write_all(&sent) {
+                    Ok(()) => read_echo(
+                        &mut stream,
+                        sent.len(),
+                        Instant::now() + Duration::from_secs(5),
+                    ),
+                    Err(err) => Echoed::Failed(Vec::new(), err),
+                };
+                match outcome {
+                    Echoed::Complete(got) if got == sent => echoed += 1,
+                    _ => {
+                        return Ok(StepOutcome::fail(format!(
+                            "client {client}, frame {frame}: no exact echo within 5 s while another client was not reading its echoes"
+                        ))
+                        .cause("the server blocks writing to a client that does not read, and serves no one else meanwhile: keep the unsent bytes in that connection's write buffer and go back to poll()")
+                        .evidence(Ctx::server_evidence(&mut server))
+                        .figure("echoed_meanwhile", echoed));
+                    }
+                }
+            }
+        }
+        ctx.log.detail(format!(
+            "{echoed} frames echoed to {} other clients while the slow client was not reading",
+            self.clients
+        ));
+        let delay = Duration::from_millis(self.delay_ms);
+        if let Some(rest) = delay.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
+        ctx.log.detail("slow client: reading now");
+        let outcome = read_echo(&mut slow, wire.len(), Instant::now() + timeout);
+        let sent_ok = match sender.join() {
+            Ok(result) => result.err().map(|e| e.to_string()),
+            Err(_) => Some("the sending thread panicked".into()),
+        };
+        let (what, got) = match outcome {
+            Echoed::Complete(got) if got == wire => (None, got),
+            Echoed::Complete(got) => (Some("the echo differs from what was sent".to_string()), got),
+            Echoed::Eof(got) => (
+                Some("the server closed the connection before echoing everything".to_string()),
+                got,
+            ),
+            Echoed::TimedOut(got) => (
+                Some(format!(
+                    "the echo stopped coming (bound {} s)",
+                    self.timeout_secs
+                )),
+                got,
+            ),
+            Echoed::Failed(got, err) => (Some(format!("reading the echo failed: {err}")), got),
+        };
+        if let Some(what) = what {
+            let first_diff = got.iter().zip(&wire).position(|(a, b)| a != b);
+            let mut evidence = vec![format!(
+                "sent {} bytes ({count} frames of {frame_size} payload bytes); got back {} bytes",
+                wire.len(),
+                got.len()
+            )];
+            if let Some(at) = first_diff {
+                evidence.push(format!(
+                    "first difference at byte {at} (frame {}): bytes were lost or reordered",
+                    at / (frame_size + 4)
+                ));
+            }
+            if let Some(err) = sent_ok {
+                evidence.push(format!("sending stopped: {err}"));
+            }
+            evidence.extend(Ctx::server_evidence(&mut server));
+            return Ok(StepOutcome::fail(format!("slow client: {what}"))
+                .cause("when the client is not reading, write() takes only part of the bytes or says WouldBlock: keep whatever it did not take in the connection's write buffer, in order, ask poll() for POLLOUT while that buffer is not empty, and never close the client for WouldBlock")
+                .evidence(evidence));
+        }
+        Ok(StepOutcome::pass(format!(
+            "{} bytes echoed in order to a client that read only after {} ms; {echoed} frames to {} others meanwhile",
+            wire.len(),
+            self.delay_ms,
+            self.clients
+        ))
+        .figure("slow_reader_bytes", wire.len())
+        .proof_line(format!(
+            "slow_reader: {} KiB echoed in order to a client reading after {} ms, {echoed} frames to {} others meanwhile",
+            wire.len() / 1024,
+            self.delay_ms,
+            self.clients
+        )))
+    }
+}

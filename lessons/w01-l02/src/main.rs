@@ -1,0 +1,200 @@
+//! w01-l02 — Length-prefixed frames.
+//!
+//! TCP carries bytes, not messages. This server gives them a shape: a 4-byte
+//! big-endian length `L`, then `L` bytes. It reads whole frames however the
+//! bytes are split across reads, echoes each one, and closes a connection
+//! whose frame is longer than `--max-frame`. Still one client at a time.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Bytes in a frame's length prefix.
+const HEADER_LEN: usize = 4;
+
+/// A blocking echo server of length-prefixed frames, one client at a time.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Port to listen on (0 lets the kernel choose a free one).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+
+    /// The largest frame payload accepted, in bytes; a longer frame closes
+    /// the connection.
+    #[arg(long, default_value_t = 65536)]
+    max_frame: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+
+    let listener = match TcpListener::bind((args.host.as_str(), args.port)) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}:{}: {e}", args.host, args.port);
+            return ExitCode::FAILURE;
+        }
+    };
+    // Print the address the kernel really gave us: with `--port 0` only the
+    // listener knows the port, and the checker reads it from this line.
+    let local = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("error: cannot read the listening address: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("listening on {local}");
+
+    accept_loop(&listener, args.max_frame);
+    ExitCode::SUCCESS
+}
+
+/// Serves clients one after another, forever.
+fn accept_loop(listener: &TcpListener, max_frame: usize) {
+    loop {
+        match listener.accept() {
+            Ok((mut stream, peer)) => {
+                eprintln!("{peer}: connected");
+                // An error ends this client only: an oversize frame
+                // (InvalidData), a client gone mid-frame (UnexpectedEof), a
+                // reset. Log it, drop the stream (closing it), serve the next.
+                match serve_client(&mut stream, max_frame) {
+                    Ok(frames) => eprintln!("{peer}: closed after {frames} frames"),
+                    Err(e) => eprintln!("{peer}: {e}; closing the connection"),
+                }
+            }
+            Err(e) => eprintln!("accept failed: {e}"),
+        }
+    }
+}
+
+/// Echoes frames until the client closes its side between two frames.
+/// Returns the number of frames echoed.
+fn serve_client(stream: &mut TcpStream, max_frame: usize) -> io::Result<u64> {
+    let mut frames = 0;
+    while let Some(payload) = read_frame(stream, max_frame)? {
+        write_frame(stream, &payload)?;
+        frames += 1;
+    }
+    Ok(frames)
+}
+
+/// Reads one whole frame from a blocking stream, however its bytes are
+/// split across reads.
+///
+/// Returns:
+/// - `Ok(Some(payload))`: a complete frame; the payload may be empty.
+/// - `Ok(None)`: the client closed its side before the first byte of a
+///   frame. That is how a conversation ends; it is not an error.
+/// - `Err` of kind `UnexpectedEof`: the client closed in the middle of a
+///   frame (inside the length prefix or the payload).
+/// - `Err` of kind `InvalidData`: the length prefix is over `max_frame`.
+///   The payload is not read: the stream is out of step and must be closed.
+/// - any other `Err` from the stream (a reset, say).
+fn read_frame(stream: &mut impl Read, max_frame: usize) -> io::Result<Option<Vec<u8>>> {
+    // TODO: read the 4-byte length prefix into `[0u8; HEADER_LEN]`. One
+    // read() may return fewer bytes than asked, even a single one: loop,
+    // adding up `filled`, until all 4 are in. Ok(0) before the first byte is
+    // a clean end (return Ok(None)); Ok(0) after some bytes is an
+    // io::Error of ErrorKind::UnexpectedEof. Retry ErrorKind::Interrupted.
+    // TODO: decode L with u32::from_be_bytes(header). If L > max_frame,
+    // return an io::Error of ErrorKind::InvalidData (name L and the limit)
+    // without reading the payload.
+    // TODO: read exactly L payload bytes into `vec![0u8; L]` (read_exact
+    // loops over short reads; for L = 0 it reads nothing) and return
+    // Ok(Some(payload)).
+    todo!()
+}
+
+/// Writes `payload` as one frame: its 4-byte big-endian length, then the
+/// bytes, with a single `write_all` (one buffer, so small frames leave in
+/// one segment instead of two).
+fn write_frame(stream: &mut impl Write, payload: &[u8]) -> io::Result<()> {
+    // TODO: build one buffer: L as a u32 in big-endian bytes
+    // (u32::try_from(payload.len()), then .to_be_bytes()), then the payload,
+    // and send it with one write_all. A payload too long for a u32 is an
+    // io::Error of ErrorKind::InvalidInput.
+    todo!()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A reader handing out at most `chunk` bytes per read, as a socket may.
+    struct Trickle {
+        bytes: Vec<u8>,
+        chunk: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.chunk.min(buf.len()).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes.drain(..n);
+            Ok(n)
+        }
+    }
+
+    fn framed(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for payload in payloads {
+            write_frame(&mut out, payload).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn write_frame_prefixes_the_big_endian_length() {
+        assert_eq!(framed(&[b"abc"]), [0, 0, 0, 3, b'a', b'b', b'c']);
+        assert_eq!(framed(&[b""]), [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn frames_split_one_byte_per_read_come_out_whole() {
+        let mut r = Trickle {
+            bytes: framed(&[b"hello", b"", b"world"]),
+            chunk: 1,
+        };
+        assert_eq!(read_frame(&mut r, 100).unwrap().unwrap(), b"hello");
+        assert_eq!(read_frame(&mut r, 100).unwrap().unwrap(), b"");
+        assert_eq!(read_frame(&mut r, 100).unwrap().unwrap(), b"world");
+        assert!(read_frame(&mut r, 100).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_end_inside_a_frame_is_unexpected_eof() {
+        let mut r = Cursor::new(vec![0, 0]);
+        assert_eq!(
+            read_frame(&mut r, 100).unwrap_err().kind(),
+            ErrorKind::UnexpectedEof
+        );
+        let mut truncated = framed(&[b"truncated"]);
+        truncated.truncate(7);
+        let mut r = Cursor::new(truncated);
+        assert_eq!(
+            read_frame(&mut r, 100).unwrap_err().kind(),
+            ErrorKind::UnexpectedEof
+        );
+    }
+
+    #[test]
+    fn a_frame_over_max_frame_is_invalid_data_and_max_frame_itself_is_fine() {
+        let mut r = Cursor::new(framed(&[&[1u8; 11]]));
+        assert_eq!(
+            read_frame(&mut r, 10).unwrap_err().kind(),
+            ErrorKind::InvalidData
+        );
+        let mut r = Cursor::new(framed(&[&[1u8; 10]]));
+        assert_eq!(read_frame(&mut r, 10).unwrap().unwrap().len(), 10);
+    }
+}

@@ -1,0 +1,248 @@
+//! Deliberately broken *blocking* echo servers, for the w01 lessons' checks
+//! (l02 frames, l03 thread per connection, l04 bounded pool): one `--bug`
+//! per thing the checker must catch, each differing from a correct server
+//! by that one thing.
+//!
+//! `--bug none` is correct: framed echo, `--max-frame` honoured (an
+//! oversize frame is logged and closes that connection), a thread per
+//! connection, or a pool of exactly `--workers N` threads when the flag is
+//! given (queued clients wait in a channel until a worker frees).
+//!
+//! It speaks the course's command line (`--port`, `--host`, `--max-frame`,
+//! `--workers`, and ignores `--max-clients`), so the checker starts it with
+//! `--exec`; `--tag` is ignored and lets a test find its own processes.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Bug {
+    /// No bug (see the module doc).
+    None,
+    /// l03: correct frames, but one client at a time (the l02 server).
+    OneAtATime,
+    /// l02: one read() for the length prefix and one for the payload, as if
+    /// a read returned a whole frame.
+    OneReadPerFrame,
+    /// l02: an empty frame (L = 0) is taken for the end of the connection.
+    EmptyFrameCloses,
+    /// l02: no `--max-frame` check: an oversize frame is read and echoed.
+    OversizeEchoed,
+    /// l02: an oversize frame is logged, then the whole server exits.
+    OversizeExits,
+    /// l02: an oversize frame closes the connection, but nothing is logged.
+    OversizeSilent,
+    /// l03: every client served from one thread with non-blocking sockets
+    /// (concurrent, but not a thread per connection).
+    OneThreadMultiplexed,
+    /// l04: `--workers` ignored: a thread per connection, unbounded.
+    IgnoresWorkers,
+    /// l04: a pool with no queue: a client arriving while every worker is
+    /// busy is closed at once (lost).
+    DropsQueued,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, value_enum)]
+    bug: Bug,
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 65536)]
+    max_frame: usize,
+    /// A pool of this many workers instead of a thread per connection.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Accepted and ignored.
+    #[arg(long)]
+    max_clients: Option<usize>,
+    /// Ignored: lets a test find exactly its own processes in /proc.
+    #[arg(long)]
+    tag: Option<String>,
+}
+
+fn main() -> io::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
+    println!("listening on {}", listener.local_addr()?);
+    let (bug, max_frame) = (args.bug, args.max_frame);
+    match (bug, args.workers) {
+        (Bug::OneAtATime, _) => {
+            for stream in listener.incoming().flatten() {
+                handle(stream, bug, max_frame);
+            }
+        }
+        (Bug::OneThreadMultiplexed, _) => multiplexed(listener, max_frame)?,
+        (Bug::IgnoresWorkers, _) | (_, None) => {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || handle(stream, bug, max_frame));
+            }
+        }
+        (_, Some(workers)) => pool(listener, workers, bug, max_frame),
+    }
+    Ok(())
+}
+
+/// A pool of `workers` threads taking clients from a channel. Correct: an
+/// unbounded channel (queued clients wait). `DropsQueued`: a rendezvous
+/// channel and `try_send`, so a client nobody is waiting for is dropped.
+fn pool(listener: TcpListener, workers: usize, bug: Bug, max_frame: usize) {
+    let (queue_tx, queue_rx) = mpsc::channel::<TcpStream>();
+    let (direct_tx, direct_rx): (SyncSender<TcpStream>, Receiver<TcpStream>) =
+        mpsc::sync_channel(0);
+    // Both kinds of channel hand out the same `Receiver` type.
+    let receiver = if bug == Bug::DropsQueued {
+        direct_rx
+    } else {
+        queue_rx
+    };
+    let queue = Arc::new(Mutex::new(receiver));
+    for _ in 0..workers {
+        let queue = queue.clone();
+        std::thread::spawn(move || loop {
+            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            match next {
+                Ok(stream) => handle(stream, bug, max_frame),
+                Err(_) => return,
+            }
+        });
+    }
+    for stream in listener.incoming().flatten() {
+        if bug == Bug::DropsQueued {
+            if let Err(TrySendError::Full(stream)) = direct_tx.try_send(stream) {
+                drop(stream);
+            }
+        } else if queue_tx.send(stream).is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves one client until it closes; logs how it ended when that matters.
+fn handle(mut stream: TcpStream, bug: Bug, max_frame: usize) {
+    match serve(&mut stream, bug, max_frame) {
+        Ok(()) => {}
+        Err(err) if err.kind() == ErrorKind::InvalidData => match bug {
+            Bug::OversizeExits => {
+                eprintln!("{err}; exiting");
+                std::process::exit(1);
+            }
+            Bug::OversizeSilent => {}
+            _ => eprintln!("{err}; closing the connection"),
+        },
+        Err(err) => eprintln!("client error: {err}"),
+    }
+}
+
+fn serve(stream: &mut TcpStream, bug: Bug, max_frame: usize) -> io::Result<()> {
+    loop {
+        let frame = match bug {
+            Bug::OneReadPerFrame => read_frame_one_read(stream)?,
+            _ => read_frame(stream, bug, max_frame)?,
+        };
+        let Some(payload) = frame else { return Ok(()) };
+        let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&payload);
+        stream.write_all(&out)?;
+    }
+}
+
+/// A correct blocking read of one frame (with the bug's one difference).
+fn read_frame(stream: &mut TcpStream, bug: Bug, max_frame: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut header = [0u8; 4];
+    let mut filled = 0;
+    while filled < 4 {
+        match stream.read(&mut header[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len == 0 && bug == Bug::EmptyFrameCloses {
+        return Ok(None);
+    }
+    if len > max_frame && bug != Bug::OversizeEchoed {
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds --max-frame {max_frame}"),
+        ));
+    }
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload)?;
+    Ok(Some(payload))
+}
+
+/// The classic bug: one read() is taken for one whole prefix, one more for
+/// the whole payload.
+fn read_frame_one_read(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut header = [0u8; 4];
+    if stream.read(&mut header)? == 0 {
+        return Ok(None);
+    }
+    let len = (u32::from_be_bytes(header) as usize).min(1 << 20);
+    let mut payload = vec![0u8; len];
+    let n = if len == 0 {
+        0
+    } else {
+        stream.read(&mut payload)?
+    };
+    payload.truncate(n);
+    Ok(Some(payload))
+}
+
+/// One thread for everyone: non-blocking sockets visited in turn.
+fn multiplexed(listener: TcpListener, max_frame: usize) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let mut clients: Vec<(TcpStream, Vec<u8>)> = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        let mut busy = false;
+        while let Ok((stream, _)) = listener.accept() {
+            stream.set_nonblocking(true)?;
+            clients.push((stream, Vec::new()));
+            busy = true;
+        }
+        clients.retain_mut(|(stream, pending)| loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    busy = true;
+                    pending.extend_from_slice(&chunk[..n]);
+                    while pending.len() >= 4 {
+                        let len = u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize;
+                        if len > max_frame {
+                            eprintln!("frame of {len} bytes exceeds --max-frame {max_frame}; closing the connection");
+                            return false;
+                        }
+                        if pending.len() < 4 + len {
+                            break;
+                        }
+                        let frame: Vec<u8> = pending.drain(..4 + len).collect();
+                        let _ = stream.set_nonblocking(false);
+                        let sent = stream.write_all(&frame);
+                        let _ = stream.set_nonblocking(true);
+                        if sent.is_err() {
+                            return false;
+                        }
+                    }
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return true,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        });
+        if !busy {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Deliberately broken epoll echo servers for the w03 probes, one per
+//! `--bug`. `--bug none` is a correct single-threaded edge-triggered epoll
+//! server (reads and accepts until WouldBlock); every other bug differs from
+//! it by one thing.
+//!
+//! Speaks the course's command line (`--port`, `--host`, `listening on`),
+//! and accepts and ignores the lessons' other flags.
+
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Bug {
+    /// No bug: edge-triggered, drains reads and accepts.
+    None,
+    /// Creates an epoll instance but waits in poll() (level-triggered loop).
+    PollWithDecoyEpoll,
+    /// Correct level-triggered epoll server: no EPOLLET anywhere.
+    LevelTriggered,
+    /// EPOLLET on clients, but one 4 KiB read per event.
+    OneReadPerEvent,
+    /// EPOLLET listener that accepts one connection per event.
+    AcceptOnce,
+    /// Correct edge-triggered server plus an idle second thread.
+    TwoThreads,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, value_enum)]
+    bug: Bug,
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long)]
+    max_clients: Option<usize>,
+    #[arg(long)]
+    max_frame: Option<usize>,
+    #[arg(long)]
+    max_events: Option<usize>,
+    /// Ignored: lets a test find exactly its own processes in /proc.
+    #[arg(long)]
+    tag: Option<String>,
+}
+
+const LISTENER: u64 = u64::MAX;
+
+struct Conn {
+    stream: TcpStream,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    closed: bool,
+    out_armed: bool,
+}
+
+fn main() -> io::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
+    listener.set_nonblocking(true)?;
+    println!("listening on {}", listener.local_addr()?);
+    match args.bug {
+        Bug::PollWithDecoyEpoll => poll_loop(&listener),
+        Bug::TwoThreads => {
+            std::thread::spawn(|| loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            });
+            epoll_loop(&listener, args.bug)
+        }
+        bug => epoll_loop(&listener, bug),
+    }
+}
+
+/// Reads once (4 KiB) or until WouldBlock; false when the connection is over.
+fn read_in(conn: &mut Conn, drain: bool) -> bool {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match conn.stream.read(&mut chunk) {
+            Ok(0) => {
+                conn.closed = true;
+                return true;
+            }
+            Ok(n) => {
+                conn.inbuf.extend_from_slice(&chunk[..n]);
+                if !drain {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Moves whole frames to `outbuf` and writes what the socket takes.
+fn echo_and_flush(conn: &mut Conn) -> bool {
+    loop {
+        if conn.inbuf.len() < 4 {
+            break;
+        }
+        let len = u32::from_be_bytes([conn.inbuf[0], conn.inbuf[1], conn.inbuf[2], conn.inbuf[3]]);
+        let total = 4 + len as usize;
+        if conn.inbuf.len() < total {
+            break;
+        }
+        let frame: Vec<u8> = conn.inbuf.drain(..total).collect();
+        conn.outbuf.extend_from_slice(&frame);
+    }
+    let mut written = 0;
+    let ok = loop {
+        if written == conn.outbuf.len() {
+            break true;
+        }
+        match conn.stream.write(&conn.outbuf[written..]) {
+            Ok(0) => break false,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break false,
+        }
+    };
+    conn.outbuf.drain(..written);
+    ok
+}
+
+fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
+    let et = if bug == Bug::LevelTriggered {
+        EpollFlags::empty()
+    } else {
+        EpollFlags::EPOLLET
+    };
+    let drain_reads = bug != Bug::OneReadPerEvent;
+    let drain_accepts = bug != Bug::AcceptOnce;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(
+        listener,
+        EpollEvent::new(EpollFlags::EPOLLIN | et, LISTENER),
+    )?;
+    let mut conns: HashMap<RawFd, Conn> = HashMap::new();
+    let mut events = vec![EpollEvent::empty(); 1024];
+    loop {
+        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for event in &events[..n] {
+            if event.data() == LISTENER {
+                loop {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            if stream.set_nonblocking(true).is_err() {
+                                continue;
+                            }
+                            let fd = stream.as_raw_fd();
+                            let flags = EpollFlags::EPOLLIN | et;
+                            if epoll
+                                .add(&stream, EpollEvent::new(flags, fd as u64))
+                                .is_ok()
+                            {
+                                conns.insert(
+                                    fd,
+                                    Conn {
+                                        stream,
+                                        inbuf: Vec::new(),
+                                        outbuf: Vec::new(),
+                                        closed: false,
+                                        out_armed: false,
+                                    },
+                                );
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(_) => break,
+                    }
+                    if !drain_accepts {
+                        break;
+                    }
+                }
+                continue;
+            }
+            let fd = event.data() as RawFd;
+            let Some(conn) = conns.get_mut(&fd) else {
+                continue;
+            };
+            let mut alive = true;
+            let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+            if event.events().intersects(readable) && !conn.closed {
+                alive = read_in(conn, drain_reads);
+            }
+            alive = alive && echo_and_flush(conn);
+            if alive && conn.closed && conn.outbuf.is_empty() {
+                alive = false;
+            }
+            if alive {
+                let want_out = !conn.outbuf.is_empty();
+                if want_out != conn.out_armed {
+                    let mut flags = EpollFlags::EPOLLIN | et;
+                    if want_out {
+                        flags |= EpollFlags::EPOLLOUT;
+                    }
+                    alive = epoll
+                        .modify(&conn.stream, &mut EpollEvent::new(flags, fd as u64))
+                        .is_ok();
+                    conn.out_armed = want_out;
+                }
+            }
+            if !alive {
+                conns.remove(&fd);
+            }
+        }
+    }
+}
+
+/// A level-triggered poll() loop with an unused epoll instance beside it.
+fn poll_loop(listener: &TcpListener) -> io::Result<()> {
+    let _decoy = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    let mut conns: Vec<Conn> = Vec::new();
+    loop {
+        let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        for conn in &conns {
+            let mut flags = PollFlags::POLLIN;
+            if !conn.outbuf.is_empty() {
+                flags |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(conn.stream.as_fd(), flags));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let ready: Vec<PollFlags> = fds
+            .iter()
+            .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+            .collect();
+        drop(fds);
+        for i in (0..conns.len()).rev() {
+            if ready[i + 1].is_empty() {
+                continue;
+            }
+            let conn = &mut conns[i];
+            let alive = read_in(conn, false) && echo_and_flush(conn);
+            if !alive || (conn.closed && conn.outbuf.is_empty()) {
+                conns.swap_remove(i);
+            }
+        }
+        if ready[0].contains(PollFlags::POLLIN) {
+            while let Ok((stream, _)) = listener.accept() {
+                if stream.set_nonblocking(true).is_ok() {
+                    conns.push(Conn {
+                        stream,
+                        inbuf: Vec::new(),
+                        outbuf: Vec::new(),
+                        closed: false,
+                        out_armed: false,
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Deliberately broken poll() echo servers for the w02 lessons' probes, one
+//! bug per `--bug`. `--bug none` is a correct single-threaded poll() server
+//! (non-blocking sockets, per-connection read and write buffers, POLLOUT only
+//! while output is pending), so every fixture differs from a passing server
+//! by exactly one thing.
+//!
+//! It speaks the course's command line, so the checker starts it with `--exec`.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Bug {
+    /// No bug.
+    None,
+    /// Client sockets stay blocking (poll still says when to read).
+    BlockingSockets,
+    /// A second, idle thread beside the event loop.
+    TwoThreads,
+    /// Blocking, one client at a time: the next waits until it leaves.
+    Sequential,
+    /// poll() with timeout 0: spins while idle.
+    BusyLoop,
+    /// Half a frame buffered: blocks reading the rest, stalling everyone.
+    StallOnPartial,
+    /// Echoes at most one frame per read and drops the rest of the buffer.
+    OneFramePerRead,
+    /// Calls write once and forgets whatever it did not take.
+    DropPartialWrite,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, value_enum)]
+    bug: Bug,
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long)]
+    max_clients: Option<usize>,
+    #[arg(long, default_value_t = 65536)]
+    max_frame: u32,
+    /// Ignored: lets a test find exactly its own processes in /proc.
+    #[arg(long)]
+    tag: Option<String>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    closed: bool,
+}
+
+fn next_frame(inbuf: &[u8], max_frame: u32) -> io::Result<Option<usize>> {
+    if inbuf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([inbuf[0], inbuf[1], inbuf[2], inbuf[3]]);
+    if len > max_frame {
+        return Err(io::Error::new(ErrorKind::InvalidData, "oversize frame"));
+    }
+    let total = 4 + len as usize;
+    Ok((inbuf.len() >= total).then_some(total))
+}
+
+fn main() -> io::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
+    println!("listening on {}", listener.local_addr()?);
+    if args.bug == Bug::Sequential {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 65536];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        return Ok(());
+    }
+    if args.bug == Bug::TwoThreads {
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        });
+    }
+    listener.set_nonblocking(true)?;
+    let timeout = if args.bug == Bug::BusyLoop {
+        PollTimeout::ZERO
+    } else {
+        PollTimeout::NONE
+    };
+    let mut conns: Vec<Conn> = Vec::new();
+    loop {
+        let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        for c in &conns {
+            let mut ev = PollFlags::POLLIN;
+            if !c.outbuf.is_empty() {
+                ev |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(c.stream.as_fd(), ev));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let ready: Vec<PollFlags> = fds
+            .iter()
+            .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+            .collect();
+        drop(fds);
+        for (i, conn) in conns.iter_mut().enumerate() {
+            if !ready[i + 1].is_empty() {
+                serve(conn, ready[i + 1], &args);
+            }
+        }
+        conns.retain(|c| !c.closed);
+        if ready[0].contains(PollFlags::POLLIN) {
+            while let Ok((stream, _)) = listener.accept() {
+                if args.bug != Bug::BlockingSockets {
+                    let _ = stream.set_nonblocking(true);
+                }
+                conns.push(Conn {
+                    stream,
+                    inbuf: Vec::new(),
+                    outbuf: Vec::new(),
+                    closed: false,
+                });
+            }
+        }
+    }
+}
+
+fn serve(conn: &mut Conn, ready: PollFlags, args: &Args) {
+    if ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+        let mut chunk = [0u8; 65536];
+        match conn.stream.read(&mut chunk) {
+            Ok(0) => conn.closed = true,
+            Ok(n) => conn.inbuf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => conn.closed = true,
+        }
+        if args.bug == Bug::StallOnPartial && !conn.inbuf.is_empty() {
+            // Wait (blocking) for the rest of the frame.
+            let _ = conn.stream.set_nonblocking(false);
+            while !conn.closed && matches!(next_frame(&conn.inbuf, args.max_frame), Ok(None)) {
+                match conn.stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => conn.closed = true,
+                    Ok(n) => conn.inbuf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = conn.stream.set_nonblocking(true);
+        }
+        loop {
+            match next_frame(&conn.inbuf, args.max_frame) {
+                Ok(Some(total)) => {
+                    conn.outbuf.extend(conn.inbuf.drain(..total));
+                    if args.bug == Bug::OneFramePerRead {
+                        conn.inbuf.clear();
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    conn.closed = true;
+                    return;
+                }
+            }
+        }
+    }
+    while !conn.outbuf.is_empty() {
+        match conn.stream.write(&conn.outbuf) {
+            Ok(n) if args.bug == Bug::DropPartialWrite => {
+                let _ = n;
+                conn.outbuf.clear();
+            }
+            Ok(n) => {
+                conn.outbuf.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if args.bug == Bug::DropPartialWrite {
+                    conn.outbuf.clear();
+                }
+                break;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => {
+                conn.closed = true;
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The blocking track, w01-l02..l04: each solution passes with a proof that
+//! grades, each stub fails, and each of the `frames`, `oversize`,
+//! `concurrency` and `pool` probes fails a blocking server with exactly the
+//! bug it exists to catch (`broken_blocking_server --bug ...`).
+
+use crate::support::*;
+
+/// `--exec` for a broken blocking server, tagged for `assert_nothing_left`.
+fn blocking_fixture(bug: &str, tag: &str) -> String {
+    format!(
+        "{} --bug {bug} --tag {tag}",
+        tool("broken_blocking_server").display()
+    )
+}
+
+/// Runs `lesson` against the fixture with `bug`; asserts it fails at `step`
+/// with every one of `expected` in the output, and leaves nothing behind.
+fn fixture_fails_at(lesson: &str, bug: &str, step: &str, expected: &[&str]) {
+    let tag = format!("blocking-track-{lesson}-{bug}");
+    let exec = blocking_fixture(bug, &tag);
+    let (output, stdout) = run_checker(&[lesson, "--exec", &exec, "--seed", "7"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    let failed_at = format!("FAILED {lesson} at step `{step}`");
+    assert!(
+        stdout.contains(&failed_at),
+        "missing `{failed_at}` in:\n{stdout}"
+    );
+    for text in expected {
+        assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
+    }
+    assert!(!stdout.contains("result: PASS"), "{stdout}");
+    assert_nothing_left(&tag);
+}
+
+/// The solution passes and prints `proof_lines`. Exit 0 also means its
+/// proof block matched every one of the lesson's `proof.regex_patterns`:
+/// a pass whose proof does not grade is a course bug, exit 2.
+fn solution_passes_and_grades(lesson: &str, proof_lines: &[&str]) {
+    let (output, stdout) = run_checker(&[lesson, "--solution", "--seed", "7"]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert!(
+        stdout.contains(&format!("result: PASS {lesson}")),
+        "{stdout}"
+    );
+    for line in proof_lines {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+}
+
+fn stub_fails_at_its_todo(lesson: &str) {
+    let (output, stdout) = run_checker(&[lesson, "--seed", "7"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    assert!(
+        stdout.contains(&format!("FAILED {lesson} at step `start`")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("a `todo!()` of the stub"), "{stdout}");
+}
+
+// --- w01-l02: length-prefixed frames ---
+
+#[test]
+fn w01_l02_solution_passes_with_frames_and_oversize_in_its_proof() {
+    solution_passes_and_grades(
+        "w01-l02",
+        &[
+            "frames: 1 byte per write, split length prefixes, empty, 64 pipelined in one write, 64 KiB — 73 frames echoed exactly",
+            "oversize: a frame of 1001 bytes (--max-frame 1000) closed that connection unechoed, was logged, and the next client was served",
+        ],
+    );
+}
+
+#[test]
+fn w01_l02_stub_fails() {
+    stub_fails_at_its_todo("w01-l02");
+}
+
+#[test]
+fn one_read_per_frame_fails_the_byte_at_a_time_case() {
+    fixture_fails_at(
+        "w01-l02",
+        "one-read-per-frame",
+        "frames",
+        &[
+            "1 byte per write: the echo differs from what was sent",
+            "likely cause: one read() is not one frame",
+            "first difference at byte",
+        ],
+    );
+}
+
+#[test]
+fn an_empty_frame_taken_for_end_of_file_fails_the_empty_frame_case() {
+    fixture_fails_at(
+        "w01-l02",
+        "empty-frame-closes",
+        "frames",
+        &[
+            "empty frame: the server closed the connection before echoing every frame",
+            "frame 1 of 2 (a frame of 0 payload bytes",
+            "likely cause: L = 0 is a valid frame",
+        ],
+    );
+}
+
+#[test]
+fn an_echoed_oversize_frame_fails_oversize() {
+    fixture_fails_at(
+        "w01-l02",
+        "oversize-echoed",
+        "oversize",
+        &["bytes of a frame declaring 1001 bytes (over --max-frame 1000)"],
+    );
+}
+
+#[test]
+fn a_server_that_exits_on_oversize_fails_oversize_with_its_exit() {
+    fixture_fails_at(
+        "w01-l02",
+        "oversize-exits",
+        "oversize",
+        &[
+            "the server exited (exit code 1) after a frame over --max-frame",
+            "[server:stderr] frame of 1001 bytes exceeds --max-frame 1000; exiting",
+        ],
+    );
+}
+
+#[test]
+fn an_oversize_frame_closed_without_a_log_line_fails_oversize() {
+    fixture_fails_at(
+        "w01-l02",
+        "oversize-silent",
+        "oversize",
+        &["the server wrote nothing to stderr about it"],
+    );
+}
+
+// --- w01-l03: thread per connection ---
+
+#[test]
+fn w01_l03_solution_passes_reporting_threads_and_rss_per_connection() {
+    solution_passes_and_grades(
+        "w01-l03",
+        &[
+            "concurrency: 100 clients held open at once, each echoed while the others were idle; ",
+            " per connection), RSS ",
+            "stress run 1/1: 50 clients, 5000 frames, 0 failures",
+        ],
+    );
+}
+
+#[test]
+fn w01_l03_stub_fails() {
+    stub_fails_at_its_todo("w01-l03");
+}
+
+#[test]
+fn a_correct_thread_per_connection_server_passes_w01_l03() {
+    let tag = "blocking-track-none-l03";
+    let (output, stdout) = run_checker(&["w01-l03", "--exec", &blocking_fixture("none", tag)]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn a_one_at_a_time_server_fails_concurrency_by_timeout() {
+    fixture_fails_at(
+        "w01-l03",
+        "one-at-a-time",
+        "concurrency",
+        &[
+            "client 2 got no echo within 3 s while 1 other client(s) were connected and idle",
+            "likely cause: the server serves one client at a time",
+        ],
+    );
+}
+
+#[test]
+fn clients_served_by_fewer_threads_than_clients_fail_the_thread_count() {
+    fixture_fails_at(
+        "w01-l03",
+        "one-thread-multiplexed",
+        "concurrency",
+        &["100 clients held open and echoed, but the server has only 1 thread(s)"],
+    );
+}
+
+// --- w01-l04: a bounded pool ---
+
+#[test]
+fn w01_l04_solution_passes_showing_the_starvation_figures() {
+    solution_passes_and_grades(
+        "w01-l04",
+        &["pool: 10 workers, 200 clients, at most 10 served at once, longest wait "],
+    );
+}
+
+#[test]
+fn w01_l04_stub_fails() {
+    stub_fails_at_its_todo("w01-l04");
+}
+
+#[test]
+fn a_correct_pool_passes_w01_l04() {
+    let tag = "blocking-track-none-l04";
+    let (output, stdout) = run_checker(&["w01-l04", "--exec", &blocking_fixture("none", tag)]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert!(stdout.contains(", 0 lost"), "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn a_server_ignoring_workers_serves_too_many_at_once_and_fails_pool() {
+    fixture_fails_at(
+        "w01-l04",
+        "ignores-workers",
+        "pool",
+        &[
+            "200 clients were served at once with --workers 10",
+            "likely cause: at most N = 10 clients may be served at once",
+        ],
+    );
+}
+
+#[test]
+fn a_pool_that_drops_queued_clients_fails_pool_counting_the_lost() {
+    fixture_fails_at(
+        "w01-l04",
+        "drops-queued",
+        "pool",
+        &["clients were lost: closed or reset by the server before any echo"],
+    );
+}

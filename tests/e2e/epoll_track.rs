@@ -1,0 +1,123 @@
+//! w03-l17 and w03-l18: the epoll lessons and their probes (`epoll`,
+//! `burst`, `connect_burst`), each shown to fail a server with exactly its
+//! bug (src/bin/broken_epoll_server.rs).
+
+use crate::support::*;
+
+fn epoll_fixture(bug: &str, tag: &str) -> String {
+    format!(
+        "{} --bug {bug} --tag {tag}",
+        tool("broken_epoll_server").display()
+    )
+}
+
+/// Runs `lesson` against the fixture with `bug`; returns the stdout of a
+/// run that must fail (exit 1) at `step`.
+fn fixture_fails_at(lesson: &str, bug: &str, step: &str) -> String {
+    let tag = format!("epoll-track-{lesson}-{bug}");
+    let exec = epoll_fixture(bug, &tag);
+    let (output, stdout) = run_checker(&[lesson, "--exec", &exec, "--seed", "7"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    assert!(
+        stdout.contains(&format!("FAILED {lesson} at step `{step}`")),
+        "{bug} should fail {lesson} at `{step}`:\n{stdout}"
+    );
+    assert_nothing_left(&tag);
+    stdout
+}
+
+#[test]
+fn w03_l17_solution_passes_with_its_proof_lines() {
+    let (output, stdout) = run_checker(&["w03-l17", "--solution", "--seed", "1"]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert!(
+        stdout.contains("epoll: 1 thread, idle in epoll_wait with 5 connections open"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("result: PASS w03-l17"), "{stdout}");
+}
+
+#[test]
+fn w03_l17_stub_fails_at_the_epoll_step() {
+    let (output, stdout) = run_checker(&["w03-l17", "--seed", "1"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    assert!(
+        stdout.contains("FAILED w03-l17 at step `epoll`"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_decoy_epoll_beside_a_poll_loop_fails_the_epoll_step() {
+    let stdout = fixture_fails_at("w03-l17", "poll-with-decoy-epoll", "epoll");
+    assert!(stdout.contains("still waits in poll"), "{stdout}");
+}
+
+#[test]
+fn a_second_thread_fails_the_epoll_step() {
+    let stdout = fixture_fails_at("w03-l17", "two-threads", "epoll");
+    assert!(stdout.contains("runs 2 threads"), "{stdout}");
+}
+
+#[test]
+fn a_correct_level_triggered_server_passes_w03_l17() {
+    let tag = "epoll-track-l17-level";
+    let exec = epoll_fixture("level-triggered", tag);
+    let (output, stdout) = run_checker(&["w03-l17", "--exec", &exec, "--seed", "3"]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn w03_l18_solution_passes_with_its_proof_lines() {
+    let (output, stdout) = run_checker(&["w03-l18", "--solution", "--seed", "1"]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    for line in [
+        "epoll: 5 client sockets registered with EPOLLET",
+        "burst: 256 frames (256 KiB) in one write, all echoed",
+        "connect_burst: 500 clients connected at once, all echoed",
+    ] {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+    assert!(stdout.contains("result: PASS w03-l18"), "{stdout}");
+}
+
+#[test]
+fn w03_l18_stub_fails_at_its_first_step_connect_burst() {
+    // connect_burst runs first (see course.yaml): the stub's todo!() in
+    // trigger_mode kills the server at its first registration.
+    let (output, stdout) = run_checker(&["w03-l18", "--seed", "1"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    assert!(
+        stdout.contains("FAILED w03-l18 at step `connect_burst`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("during the burst"), "{stdout}");
+}
+
+#[test]
+fn a_level_triggered_server_fails_w03_l18_at_the_epoll_step() {
+    let stdout = fixture_fails_at("w03-l18", "level-triggered", "epoll");
+    assert!(stdout.contains("lack EPOLLET"), "{stdout}");
+}
+
+#[test]
+fn one_read_per_edge_triggered_event_fails_the_burst_step() {
+    let stdout = fixture_fails_at("w03-l18", "one-read-per-event", "burst");
+    assert!(stdout.contains("read until WouldBlock"), "{stdout}");
+}
+
+#[test]
+fn an_edge_triggered_listener_accepting_once_per_event_fails_the_connect_burst_step() {
+    let stdout = fixture_fails_at("w03-l18", "accept-once", "connect_burst");
+    assert!(stdout.contains("accept until WouldBlock"), "{stdout}");
+}
+
+#[test]
+fn a_correct_edge_triggered_fixture_passes_w03_l18() {
+    let tag = "epoll-track-l18-none";
+    let exec = epoll_fixture("none", tag);
+    let (output, stdout) = run_checker(&["w03-l18", "--exec", &exec, "--seed", "3"]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert_nothing_left(tag);
+}

@@ -1,0 +1,209 @@
+//! The poll track, w02-l05..l08: each solution passes, each stub fails at
+//! its lesson's own step, and each probe fails a poll server with exactly
+//! the bug it exists to catch (`broken_poll_server --bug ...`).
+
+use crate::support::*;
+
+/// `--exec` for a broken poll server, tagged for `assert_nothing_left`.
+fn poll_fixture(bug: &str, tag: &str) -> String {
+    format!(
+        "{} --bug {bug} --tag {tag}",
+        tool("broken_poll_server").display()
+    )
+}
+
+/// Runs `lesson` against the fixture with `bug`; asserts it fails at `step`
+/// with every one of `expected` in the output, and leaves nothing behind.
+fn fixture_fails_at(lesson: &str, bug: &str, step: &str, expected: &[&str]) {
+    let tag = format!("poll-track-{lesson}-{bug}");
+    let exec = poll_fixture(bug, &tag);
+    let (output, stdout) = run_checker(&[lesson, "--exec", &exec, "--seed", "7"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    let failed_at = format!("FAILED {lesson} at step `{step}`");
+    assert!(
+        stdout.contains(&failed_at),
+        "missing `{failed_at}` in:\n{stdout}"
+    );
+    for text in expected {
+        assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
+    }
+    assert!(!stdout.contains("result: PASS"), "{stdout}");
+    assert_nothing_left(&tag);
+}
+
+fn solution_passes(lesson: &str, proof_lines: &[&str]) {
+    let (output, stdout) = run_checker(&[lesson, "--solution", "--seed", "7"]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert!(
+        stdout.contains(&format!("result: PASS {lesson}")),
+        "{stdout}"
+    );
+    for line in proof_lines {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+}
+
+fn stub_fails_at(lesson: &str, step: &str) {
+    let (output, stdout) = run_checker(&[lesson, "--seed", "7"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    let failed_at = format!("FAILED {lesson} at step `{step}`");
+    assert!(
+        stdout.contains(&failed_at),
+        "missing `{failed_at}` in:\n{stdout}"
+    );
+}
+
+#[test]
+fn a_correct_poll_server_passes_w02_l05() {
+    let tag = "poll-track-none-l05";
+    let (output, stdout) = run_checker(&["w02-l05", "--exec", &poll_fixture("none", tag)]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert_nothing_left(tag);
+}
+
+#[test]
+fn w02_l05_solution_passes_and_proves_100_held_nonblocking_on_one_thread() {
+    solution_passes(
+        "w02-l05",
+        &[
+            "hold: 100 connections held at once, 100 echoed while all were open",
+            "all O_NONBLOCK",
+            "process: 1 thread(s), 0 child processes",
+        ],
+    );
+}
+
+#[test]
+fn w02_l05_stub_fails_the_hold_probe() {
+    stub_fails_at("w02-l05", "hold");
+}
+
+#[test]
+fn hold_probe_fails_a_server_that_serves_one_client_at_a_time() {
+    fixture_fails_at(
+        "w02-l05",
+        "sequential",
+        "hold",
+        &[
+            "while all 100 connections were held",
+            "one client at a time",
+        ],
+    );
+}
+
+#[test]
+fn hold_probe_fails_a_poll_server_whose_client_sockets_block() {
+    fixture_fails_at(
+        "w02-l05",
+        "blocking-sockets",
+        "hold",
+        &[
+            "client sockets of the server are blocking (no O_NONBLOCK)",
+            "set_nonblocking(true)",
+        ],
+    );
+}
+
+#[test]
+fn process_probe_fails_a_poll_server_with_a_second_thread() {
+    fixture_fails_at(
+        "w02-l05",
+        "two-threads",
+        "process",
+        &["the server has 2 threads", "expected exactly 1"],
+    );
+}
+
+#[test]
+fn w02_l06_solution_passes_with_its_stall_and_idle_cpu_proof() {
+    solution_passes(
+        "w02-l06",
+        &[
+            "stalled_client: 50 frames echoed to 5 clients while one was stalled mid-frame",
+            "idle_cpu: under 200 ms of CPU in 2000 ms with 10 idle connections",
+        ],
+    );
+}
+
+#[test]
+fn w02_l06_stub_fails_the_stalled_client_probe() {
+    stub_fails_at("w02-l06", "stalled_client");
+}
+
+#[test]
+fn stalled_client_probe_fails_a_server_that_blocks_on_half_a_frame() {
+    fixture_fails_at(
+        "w02-l06",
+        "stall-on-partial",
+        "stalled_client",
+        &[
+            "while another client was stalled mid-frame",
+            "never block on one socket",
+        ],
+    );
+}
+
+#[test]
+fn idle_cpu_probe_fails_a_poll_loop_with_timeout_zero() {
+    fixture_fails_at(
+        "w02-l06",
+        "busy-loop",
+        "idle_cpu",
+        &[
+            "the idle server used",
+            "the event loop spins while nothing happens",
+        ],
+    );
+}
+
+#[test]
+fn w02_l07_solution_passes_every_framing_case() {
+    solution_passes(
+        "w02-l07",
+        &["frames: 1 byte per write, split length prefixes, empty, 64 pipelined in one write"],
+    );
+}
+
+#[test]
+fn w02_l07_stub_fails_the_frames_probe() {
+    stub_fails_at("w02-l07", "frames");
+}
+
+#[test]
+fn frames_probe_fails_a_poll_server_that_echoes_one_frame_per_read() {
+    fixture_fails_at(
+        "w02-l07",
+        "one-frame-per-read",
+        "frames",
+        &[
+            "pipelined in one write",
+            "several frames can arrive in one read()",
+        ],
+    );
+}
+
+#[test]
+fn w02_l08_solution_passes_the_slow_reader() {
+    solution_passes(
+        "w02-l08",
+        &["echoed in order to a client reading after 1000 ms, 30 frames to 3 others meanwhile"],
+    );
+}
+
+#[test]
+fn w02_l08_stub_fails_the_slow_reader_probe() {
+    stub_fails_at("w02-l08", "slow_reader");
+}
+
+#[test]
+fn slow_reader_probe_fails_a_server_that_ignores_the_count_write_returns() {
+    fixture_fails_at(
+        "w02-l08",
+        "drop-partial-write",
+        "slow_reader",
+        &[
+            "slow client:",
+            "keep whatever it did not take in the connection's write buffer",
+        ],
+    );
+}

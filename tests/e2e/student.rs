@@ -1,0 +1,180 @@
+//! The student's commands on a course of one lesson in a temporary git
+//! repository (so progress, resets and edits never touch this checkout).
+
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+struct TempCourse {
+    dir: tempfile::TempDir,
+}
+
+impl TempCourse {
+    /// course.yaml cut down to w01-l01, its stub and solution copied (each a
+    /// crate of its own now), committed to a fresh git repository.
+    fn new() -> TempCourse {
+        let dir = tempfile::tempdir().unwrap();
+        let root = workspace_root();
+        let course = std::fs::read_to_string(root.join("course.yaml")).unwrap();
+        let first = course.find("\n  - id: w01-l01").expect("w01-l01 in course.yaml");
+        let end = course[first + 1..].find("\n  - id: ").map(|i| first + 1 + i).unwrap_or(course.len());
+        std::fs::write(dir.path().join("course.yaml"), &course[..end]).unwrap();
+        for crate_dir in ["lessons/w01-l01", "solutions/w01-l01"] {
+            copy_crate(&root.join(crate_dir), &dir.path().join(crate_dir));
+        }
+        std::fs::write(dir.path().join(".gitignore"), "/.checker/\ntarget/\n").unwrap();
+        for args in [&["init", "-q"][..], &["add", "."], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "course"]] {
+            assert!(Process::new("git").current_dir(dir.path()).args(args).status().unwrap().success());
+        }
+        TempCourse { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn checker(&self, args: &[&str]) -> (i32, String) {
+        let output = checker()
+            .current_dir(self.path())
+            // Reuse the workspace's compiled dependencies.
+            .env("CARGO_TARGET_DIR", workspace_root().join("target"))
+            .args(args)
+            .output()
+            .unwrap();
+        (exit_code(&output), String::from_utf8_lossy(&output.stdout).to_string())
+    }
+
+    fn fill_in_the_stub(&self) {
+        let solution = std::fs::read_to_string(self.path().join("solutions/w01-l01/src/main.rs")).unwrap();
+        std::fs::write(self.path().join("lessons/w01-l01/src/main.rs"), solution).unwrap();
+    }
+}
+
+/// A crate outside any workspace must say so, or cargo looks above it.
+fn copy_crate(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("src")).unwrap();
+    let manifest = std::fs::read_to_string(from.join("Cargo.toml")).unwrap();
+    std::fs::write(to.join("Cargo.toml"), format!("{manifest}\n[workspace]\n")).unwrap();
+    for entry in std::fs::read_dir(from.join("src")).unwrap() {
+        let path: PathBuf = entry.unwrap().path();
+        std::fs::copy(&path, to.join("src").join(path.file_name().unwrap())).unwrap();
+    }
+    if from.join("README.md").exists() {
+        std::fs::copy(from.join("README.md"), to.join("README.md")).unwrap();
+    }
+}
+
+#[test]
+fn a_new_student_walks_from_next_to_a_pass_and_sees_it_in_list() {
+    let course = TempCourse::new();
+    let (code, next) = course.checker(&["next"]);
+    assert_eq!(code, 0);
+    assert!(next.contains("next: w01-l01 Blocking echo server"), "{next}");
+    let (_, show) = course.checker(&["show", "w01-l01"]);
+    assert!(show.contains("Concept") && show.contains("Done When"), "{show}");
+
+    let (code, run) = course.checker(&["w01-l01"]);
+    assert_eq!(code, 1, "{run}");
+    let (_, list) = course.checker(&["list"]);
+    assert!(list.contains("failed"), "{list}");
+    assert!(list.contains("0 of 1 lessons passed · 0 of 50 XP"), "{list}");
+
+    // A passing run of the reference solution records nothing.
+    let (code, _) = course.checker(&["w01-l01", "--solution"]);
+    assert_eq!(code, 0);
+    let (_, list) = course.checker(&["list"]);
+    assert!(list.contains("0 of 1 lessons passed"), "{list}");
+
+    course.fill_in_the_stub();
+    let (code, run) = course.checker(&["w01-l01"]);
+    assert_eq!(code, 0, "{run}");
+    let (_, list) = course.checker(&["list"]);
+    assert!(list.contains("passed 20"), "{list}");
+    assert!(list.contains("1 of 1 lessons passed · 50 of 50 XP"), "{list}");
+    let (_, next) = course.checker(&["next"]);
+    assert!(next.contains("every lesson passed"), "{next}");
+}
+
+#[test]
+fn hints_are_revealed_one_at_a_time_and_all_at_once_on_request() {
+    let course = TempCourse::new();
+    let (_, first) = course.checker(&["hint", "w01-l01"]);
+    assert!(first.contains("hint 1/") && !first.contains("hint 2/"), "{first}");
+    let (_, second) = course.checker(&["hint", "w01-l01"]);
+    assert!(second.contains("hint 2/") && !second.contains("hint 3/"), "{second}");
+    let (_, all) = course.checker(&["hint", "w01-l01", "--all"]);
+    assert!(all.contains("that was the last hint"), "{all}");
+}
+
+#[test]
+fn reset_restores_the_stub_and_keeps_the_students_version() {
+    let course = TempCourse::new();
+    let main = course.path().join("lessons/w01-l01/src/main.rs");
+    let original = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, "// my attempt\n").unwrap();
+    std::fs::write(course.path().join("lessons/w01-l01/src/extra.rs"), "// extra\n").unwrap();
+    let (code, out) = course.checker(&["reset", "w01-l01", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::read_to_string(&main).unwrap(), original);
+    assert!(!course.path().join("lessons/w01-l01/src/extra.rs").exists());
+    let backups: Vec<_> = std::fs::read_dir(course.path().join(".checker/backup")).unwrap().collect();
+    assert_eq!(backups.len(), 1);
+    let backup = backups.into_iter().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::read_to_string(backup.join("src/main.rs")).unwrap(), "// my attempt\n");
+}
+
+#[test]
+fn reset_without_yes_asks_and_does_nothing_on_no() {
+    let course = TempCourse::new();
+    let main = course.path().join("lessons/w01-l01/src/main.rs");
+    std::fs::write(&main, "// mine\n").unwrap();
+    let output = checker()
+        .current_dir(course.path())
+        .args(["reset", "w01-l01"])
+        .write_stdin("n\n")
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&output), 0);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("nothing changed"));
+    assert_eq!(std::fs::read_to_string(&main).unwrap(), "// mine\n");
+}
+
+fn tmux(args: &[&str]) -> String {
+    let output = Process::new("tmux").args(args).output().expect("tmux is required (test.sh installs it)");
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn wait_for_screen(session: &str, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let screen = tmux(&["capture-pane", "-p", "-S", "-200", "-t", session]);
+        if screen.contains(needle) {
+            return screen;
+        }
+        assert!(Instant::now() < deadline, "`{needle}` never appeared on screen:\n{screen}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn watch_mode_re_checks_on_save_in_a_real_terminal() {
+    let course = TempCourse::new();
+    let session = format!("checker-watch-{}", std::process::id());
+    let command = format!(
+        "cd {} && CARGO_TARGET_DIR={} NO_COLOR=1 {} watch w01-l01",
+        course.path().display(),
+        workspace_root().join("target").display(),
+        tool("checker").display()
+    );
+    tmux(&["new-session", "-d", "-s", &session, "-x", "200", "-y", "50", &command]);
+    let screen = wait_for_screen(&session, "FAILED w01-l01", Duration::from_secs(120));
+    assert!(screen.contains("waiting for a change"), "{screen}");
+    course.fill_in_the_stub();
+    let screen = wait_for_screen(&session, "PASSED w01-l01", Duration::from_secs(120));
+    assert!(screen.contains("changed:"), "{screen}");
+    tmux(&["send-keys", "-t", &session, "q", "Enter"]);
+    std::thread::sleep(Duration::from_millis(500));
+    tmux(&["kill-session", "-t", &session]);
+}
