@@ -9,7 +9,9 @@ cd "$(dirname "$0")"
 # System tools some tests drive (a test fails, never skips, without them).
 needed_packages=()
 command -v socat >/dev/null 2>&1 || needed_packages+=(socat)
+command -v siege >/dev/null 2>&1 || needed_packages+=(siege)
 command -v tmux >/dev/null 2>&1 || needed_packages+=(tmux)
+command -v valgrind >/dev/null 2>&1 || needed_packages+=(valgrind)
 if ((${#needed_packages[@]})); then
   echo "test.sh: installing ${needed_packages[*]} (apt-get)"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -53,6 +53,15 @@ enum Command {
     },
     /// What the checker needs from this machine, and whether it has it
     Doctor,
+    /// For instructors: print a GitHub Classroom autograding.json (one test per lesson, points = XP)
+    Classroom {
+        /// The course repository the tests fetch the checker and course.yaml from
+        #[arg(long, default_value = "https://github.com/YOUR-ORG/epoll-course")]
+        repo_url: String,
+        /// The tag (or branch) of the course to grade with
+        #[arg(long, default_value = "main")]
+        tag: String,
+    },
     /// Every lesson in order: part, id, title, minutes, XP and your status
     List,
     /// Print a lesson's text
@@ -95,6 +104,9 @@ enum Command {
         /// Seed for every run (default: random, printed)
         #[arg(long)]
         seed: Option<u64>,
+        /// Write each run's text transcript to DIR/<id>.pass.txt and <id>.fail.txt
+        #[arg(long, value_name = "DIR")]
+        transcripts: Option<PathBuf>,
     },
 }
 
@@ -171,7 +183,15 @@ fn run(cli: Cli) -> Result<u8> {
             format,
             repo,
             rerun,
-        } => crate::grade::grade(&course, &input, &crate::grade::GradeOptions { format, repo, rerun }),
+        } => crate::grade::grade(
+            &course,
+            &input,
+            &crate::grade::GradeOptions {
+                format,
+                repo,
+                rerun,
+            },
+        ),
         Command::List => {
             student::list(&course);
             Ok(EXIT_PASS)
@@ -184,7 +204,15 @@ fn run(cli: Cli) -> Result<u8> {
             student::hint(&course, course.lesson_or_suggest(&id)?, all)?;
             Ok(EXIT_PASS)
         }
-        Command::Doctor => Ok(if crate::preflight::doctor() { EXIT_PASS } else { EXIT_FAIL }),
+        Command::Classroom { repo_url, tag } => {
+            println!("{}", classroom_autograding(&course, &repo_url, &tag)?);
+            Ok(EXIT_PASS)
+        }
+        Command::Doctor => Ok(if crate::preflight::doctor() {
+            EXIT_PASS
+        } else {
+            EXIT_FAIL
+        }),
         Command::Next => {
             student::next(&course);
             Ok(EXIT_PASS)
@@ -198,9 +226,15 @@ fn run(cli: Cli) -> Result<u8> {
             };
             student::watch(&course, lesson, manual)
         }
-        Command::Run { id, args } => student::run_server(&course, course.lesson_or_suggest(&id)?, &args),
+        Command::Run { id, args } => {
+            student::run_server(&course, course.lesson_or_suggest(&id)?, &args)
+        }
         Command::Reset { id, yes } => student::reset(&course, course.lesson_or_suggest(&id)?, yes),
-        Command::Validate { ids, seed } => crate::validate::validate(&course, &ids, seed),
+        Command::Validate {
+            ids,
+            seed,
+            transcripts,
+        } => crate::validate::validate(&course, &ids, seed, transcripts.as_deref()),
     }
 }
 
@@ -216,6 +250,7 @@ fn check(course: &Course, args: CheckArgs) -> Result<u8> {
         checked,
         seed,
         format: Some(args.format),
+        capture: false,
     })?;
     if is_students_own {
         let mut progress = crate::progress::Progress::load(course);
@@ -231,11 +266,7 @@ fn check(course: &Course, args: CheckArgs) -> Result<u8> {
 }
 
 /// The subject, and how the proof names it.
-fn subject_of(
-    course: &Course,
-    lesson: &Lesson,
-    args: &CheckArgs,
-) -> Result<(Subject, String)> {
+fn subject_of(course: &Course, lesson: &Lesson, args: &CheckArgs) -> Result<(Subject, String)> {
     if let Some(command) = &args.exec {
         let argv = shlex::split(command)
             .filter(|words| !words.is_empty())
@@ -256,4 +287,36 @@ fn subject_of(
         anyhow::bail!("{} is not a crate (no Cargo.toml)", dir.display());
     }
     Ok((Subject::Crate { dir }, label))
+}
+
+/// GitHub Classroom's autograding.json: one test per lesson, worth its XP.
+/// Each test grades with the course's own checker and course.yaml, fetched
+/// fresh at `tag`, never with the student's editable copies.
+fn classroom_autograding(course: &Course, repo_url: &str, tag: &str) -> Result<String> {
+    let setup = format!(
+        "test -d /tmp/course || git clone --quiet --depth 1 --branch {tag} {repo_url} /tmp/course && cargo build --quiet --release -p checker --manifest-path /tmp/course/Cargo.toml"
+    );
+    let tests: Vec<serde_json::Value> = course
+        .lessons
+        .iter()
+        .map(|lesson| {
+            serde_json::json!({
+                "name": format!("{} {}", lesson.id, lesson.title),
+                "setup": setup,
+                "run": format!(
+                    "/tmp/course/target/release/checker --course /tmp/course/course.yaml {} --path {}",
+                    lesson.id,
+                    lesson.stub.display()
+                ),
+                "input": "",
+                "output": "",
+                "comparison": "included",
+                "timeout": 15,
+                "points": lesson.xp,
+            })
+        })
+        .collect();
+    Ok(serde_json::to_string_pretty(
+        &serde_json::json!({ "tests": tests }),
+    )?)
 }

@@ -76,7 +76,8 @@ fn read_pastes(input: &str) -> Result<Vec<(String, String)>> {
     };
     if input == "-" {
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading standard input")?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading standard input")?;
         return Ok(vec![("-".to_string(), text)]);
     }
     let path = Path::new(input);
@@ -88,7 +89,10 @@ fn read_pastes(input: &str) -> Result<Vec<(String, String)>> {
             .collect();
         files.sort();
         if files.is_empty() {
-            anyhow::bail!("{} holds no files to grade (one paste per student)", path.display());
+            anyhow::bail!(
+                "{} holds no files to grade (one paste per student)",
+                path.display()
+            );
         }
         return files
             .iter()
@@ -104,7 +108,12 @@ fn student_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-fn grade_paste(course: &Course, student: &str, text: &str, options: &GradeOptions) -> Result<Vec<Grade>> {
+fn grade_paste(
+    course: &Course,
+    student: &str,
+    text: &str,
+    options: &GradeOptions,
+) -> Result<Vec<Grade>> {
     let found = proof::scan(text);
     if found.is_empty() {
         let why = if text.trim().is_empty() {
@@ -138,7 +147,10 @@ fn grade_paste(course: &Course, student: &str, text: &str, options: &GradeOption
                 lesson: id.clone(),
                 status: Status::Malformed,
                 xp: 0,
-                reasons: vec![format!("unknown lesson id `{id}` (not in {})", course.path.display())],
+                reasons: vec![format!(
+                    "unknown lesson id `{id}` (not in {})",
+                    course.path.display()
+                )],
             },
             (Found::Truncated { reason, .. }, Some(_)) => Grade {
                 student: student.into(),
@@ -147,21 +159,36 @@ fn grade_paste(course: &Course, student: &str, text: &str, options: &GradeOption
                 xp: 0,
                 reasons: vec![format!("truncated block: {reason}")],
             },
-            (Found::Block(block), Some(lesson)) => grade_block(course, lesson, block, student, options)?,
+            (Found::Block(block), Some(lesson)) => {
+                grade_block(course, lesson, block, student, options)?
+            }
         };
         if count > 1 {
-            grade
-                .reasons
-                .push(format!("{count} blocks for {id} in this paste: the last one was graded"));
+            grade.reasons.push(format!(
+                "{count} blocks for {id} in this paste: the last one was graded"
+            ));
         }
         grades.push(grade);
     }
     Ok(grades)
 }
 
-fn grade_block(course: &Course, lesson: &Lesson, block: &ProofBlock, student: &str, options: &GradeOptions) -> Result<Grade> {
-    let mut reasons: Vec<String> = proof::rejections(block, lesson).iter().map(|r| r.to_string()).collect();
-    let mut status = if reasons.is_empty() { Status::Passed } else { Status::Failed };
+fn grade_block(
+    course: &Course,
+    lesson: &Lesson,
+    block: &ProofBlock,
+    student: &str,
+    options: &GradeOptions,
+) -> Result<Grade> {
+    let mut reasons: Vec<String> = proof::rejections(block, lesson)
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    let mut status = if reasons.is_empty() {
+        Status::Passed
+    } else {
+        Status::Failed
+    };
     let mut flag = |reason: String, reasons: &mut Vec<String>| {
         status = Status::Flagged;
         reasons.push(reason);
@@ -172,16 +199,23 @@ fn grade_block(course: &Course, lesson: &Lesson, block: &ProofBlock, student: &s
         None => flag("no digest line: the block was edited, or printed by another tool".into(), &mut reasons),
     }
     let course_hash = hashing::short(&hashing::course_hash(&course.raw)).to_string();
-    if block.header_value("course").is_some_and(|h| h != course_hash) {
+    if block
+        .header_value("course")
+        .is_some_and(|h| h != course_hash)
+    {
         reasons.push(format!(
             "note: the run used another version of course.yaml ({}; now {course_hash}); graded with today's patterns",
             block.header_value("course").unwrap_or_default()
         ));
     }
     let source = block.header_value("source");
-    let reference = hashing::short(&hashing::source_hash(&course.solution_dir(lesson))?).to_string();
+    let reference =
+        hashing::short(&hashing::source_hash(&course.solution_dir(lesson))?).to_string();
     if source.as_deref() == Some(reference.as_str()) {
-        flag("the checked code is the shipped reference solution".into(), &mut reasons);
+        flag(
+            "the checked code is the shipped reference solution".into(),
+            &mut reasons,
+        );
     }
     if let Some(repo) = &options.repo {
         let crate_dir = repo.join(&lesson.stub);
@@ -197,7 +231,10 @@ fn grade_block(course: &Course, lesson: &Lesson, block: &ProofBlock, student: &s
                 ),
                 &mut reasons,
             ),
-            Err(err) => flag(format!("cannot hash {}: {err:#}", crate_dir.display()), &mut reasons),
+            Err(err) => flag(
+                format!("cannot hash {}: {err:#}", crate_dir.display()),
+                &mut reasons,
+            ),
         }
         if options.rerun {
             if let Some(reason) = rerun_disagrees(course, lesson, block, &crate_dir)? {
@@ -208,7 +245,11 @@ fn grade_block(course: &Course, lesson: &Lesson, block: &ProofBlock, student: &s
     Ok(Grade {
         student: student.into(),
         lesson: lesson.id.clone(),
-        xp: if status == Status::Passed { lesson.xp } else { 0 },
+        xp: if status == Status::Passed {
+            lesson.xp
+        } else {
+            0
+        },
         status,
         reasons,
     })
@@ -216,17 +257,28 @@ fn grade_block(course: &Course, lesson: &Lesson, block: &ProofBlock, student: &s
 
 /// Re-runs the lesson on the repository's crate with the block's seed and
 /// compares the verdict and every proof line once timings are masked.
-fn rerun_disagrees(course: &Course, lesson: &Lesson, block: &ProofBlock, crate_dir: &Path) -> Result<Option<String>> {
-    let Some(seed) = block.header_value("seed").and_then(|s| s.parse::<u64>().ok()) else {
+fn rerun_disagrees(
+    course: &Course,
+    lesson: &Lesson,
+    block: &ProofBlock,
+    crate_dir: &Path,
+) -> Result<Option<String>> {
+    let Some(seed) = block
+        .header_value("seed")
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
         return Ok(Some("cannot re-run: the block has no seed".into()));
     };
     let result = run::run_lesson(&RunRequest {
         course,
         lesson,
-        subject: Subject::Crate { dir: crate_dir.to_path_buf() },
+        subject: Subject::Crate {
+            dir: crate_dir.to_path_buf(),
+        },
         checked: lesson.stub.display().to_string(),
         seed,
         format: None,
+        capture: false,
     })?;
     let pasted: Vec<String> = comparable_lines(&block.body);
     let rerun: Vec<String> = comparable_lines(&result.block.body);
@@ -259,7 +311,12 @@ fn comparable_lines(body: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn print(course: &Course, pastes: &[(String, String)], grades: &[Grade], format: GradeFormat) -> Result<()> {
+fn print(
+    course: &Course,
+    pastes: &[(String, String)],
+    grades: &[Grade],
+    format: GradeFormat,
+) -> Result<()> {
     match format {
         GradeFormat::Text => print_text(course, pastes, grades),
         GradeFormat::Json => {
@@ -275,8 +332,17 @@ fn print(course: &Course, pastes: &[(String, String)], grades: &[Grade], format:
             let mut writer = csv::Writer::from_writer(std::io::stdout());
             writer.write_record(["student", "lesson", "status", "xp", "reasons"])?;
             for g in grades {
-                let status = serde_json::to_value(g.status)?.as_str().unwrap_or_default().to_string();
-                writer.write_record([&g.student, &g.lesson, &status, &g.xp.to_string(), &g.reasons.join("; ")])?;
+                let status = serde_json::to_value(g.status)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                writer.write_record([
+                    &g.student,
+                    &g.lesson,
+                    &status,
+                    &g.xp.to_string(),
+                    &g.reasons.join("; "),
+                ])?;
             }
             writer.flush()?;
         }
@@ -299,7 +365,12 @@ fn print_text(course: &Course, pastes: &[(String, String)], grades: &[Grade]) {
         .map(|l| l.id.as_str())
         .filter(|id| grades.iter().any(|g| g.lesson == *id))
         .collect();
-    let width = pastes.iter().map(|(s, _)| s.len()).max().unwrap_or(7).max(7);
+    let width = pastes
+        .iter()
+        .map(|(s, _)| s.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
     let mut header = format!("{:<width$}", "student");
     for id in &lessons {
         header.push_str(&format!(" {id:<9}"));

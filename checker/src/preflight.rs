@@ -57,14 +57,20 @@ pub fn findings() -> Vec<Finding> {
         ok: port_count >= PORTS_NEEDED,
         fix: "widen net.ipv4.ip_local_port_range (e.g. `sysctl -w net.ipv4.ip_local_port_range=\"15000 64000\"`)",
     });
-    let somaxconn = read_numbers("/proc/sys/net/core/somaxconn").first().copied().unwrap_or(0);
+    let somaxconn = read_numbers("/proc/sys/net/core/somaxconn")
+        .first()
+        .copied()
+        .unwrap_or(0);
     found.push(Finding {
         what: "net.core.somaxconn",
         value: somaxconn.to_string(),
         ok: somaxconn >= SOMAXCONN_NEEDED,
         fix: "raise it (`sysctl -w net.core.somaxconn=4096`): connect bursts overflow a small accept queue",
     });
-    let tw_reuse = read_numbers("/proc/sys/net/ipv4/tcp_tw_reuse").first().copied().unwrap_or(0);
+    let tw_reuse = read_numbers("/proc/sys/net/ipv4/tcp_tw_reuse")
+        .first()
+        .copied()
+        .unwrap_or(0);
     found.push(Finding {
         what: "net.ipv4.tcp_tw_reuse",
         value: tw_reuse.to_string(),
@@ -86,7 +92,12 @@ fn read_numbers(path: &str) -> Vec<u64> {
 pub fn doctor() -> bool {
     let findings = findings();
     for f in &findings {
-        println!("{:<4} {:<24} {}", if f.ok { "ok" } else { "LOW" }, f.what, f.value);
+        println!(
+            "{:<4} {:<24} {}",
+            if f.ok { "ok" } else { "LOW" },
+            f.what,
+            f.value
+        );
         if !f.ok {
             println!("     fix: {}", f.fix);
         }

@@ -31,6 +31,19 @@ fn status_field(pid: Pid, key: &str) -> Result<String> {
         .with_context(|| format!("no {key} in /proc/{pid}/status"))
 }
 
+/// Whether the process still runs (not exited, not a zombie awaiting reaping).
+pub fn is_alive(pid: Pid) -> bool {
+    read(pid, "stat")
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.get(stat.rfind(')')? + 1..)?.to_string();
+            rest.split_whitespace()
+                .next()
+                .map(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
 /// Number of threads (`Threads:`).
 pub fn threads(pid: Pid) -> Result<usize> {
     Ok(status_field(pid, "Threads")?.parse()?)
@@ -53,8 +66,11 @@ pub fn cpu_time(pid: Pid) -> Result<Duration> {
     let rest = &stat[stat.rfind(')').context("malformed stat")? + 2..];
     // After the command name: state is field 3; utime, stime are fields 14, 15.
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()? + fields.get(12).context("stime")?.parse::<u64>()?;
-    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second()))
+    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
+        + fields.get(12).context("stime")?.parse::<u64>()?;
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second(),
+    ))
 }
 
 /// Per-thread CPU time: `(thread id, user+system time)`.
@@ -62,7 +78,11 @@ pub fn thread_cpu_times(pid: Pid) -> Result<Vec<(i32, Duration)>> {
     let mut found = Vec::new();
     let dir = proc_path(pid, "task");
     for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-        let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(tid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if let Ok(time) = cpu_time_of_task(pid, tid) {
@@ -76,8 +96,11 @@ fn cpu_time_of_task(pid: Pid, tid: i32) -> Result<Duration> {
     let stat = read(pid, &format!("task/{tid}/stat"))?;
     let rest = &stat[stat.rfind(')').context("malformed stat")? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()? + fields.get(12).context("stime")?.parse::<u64>()?;
-    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second()))
+    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
+        + fields.get(12).context("stime")?.parse::<u64>()?;
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second(),
+    ))
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -100,7 +123,11 @@ pub fn open_fds(pid: Pid) -> Result<Vec<OpenFd>> {
     let mut fds = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry?;
-        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let target = std::fs::read_link(entry.path())
@@ -141,7 +168,12 @@ pub fn epoll_entries(pid: Pid, epoll_fd: i32) -> Result<Vec<EpollEntry>> {
     let mut entries = Vec::new();
     for line in info.lines().filter(|l| l.starts_with("tfd:")) {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let value_after = |key: &str| words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1));
+        let value_after = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1))
+        };
         let target_fd = value_after("tfd:").and_then(|v| v.parse().ok());
         let events = value_after("events:").and_then(|v| u32::from_str_radix(v, 16).ok());
         if let (Some(target_fd), Some(events)) = (target_fd, events) {
@@ -166,7 +198,11 @@ pub fn blocked_syscalls(pid: Pid) -> Result<Vec<Option<i64>>> {
     let dir = proc_path(pid, "task");
     let mut found = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-        let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(tid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let text = read(pid, &format!("task/{tid}/syscall")).unwrap_or_default();

@@ -61,17 +61,24 @@ impl Progress {
         let text = serde_json::to_string_pretty(self)?;
         // Write then rename, so an interrupted write never loses progress.
         let temporary = file.with_extension("json.tmp");
-        std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
-        std::fs::rename(&temporary, &file).with_context(|| format!("writing {}", file.display()))?;
+        std::fs::write(&temporary, text)
+            .with_context(|| format!("writing {}", temporary.display()))?;
+        std::fs::rename(&temporary, &file)
+            .with_context(|| format!("writing {}", file.display()))?;
         Ok(())
     }
 
     /// Records a run. The newest run wins, so a lesson that passed and then
     /// broke shows as failed until it passes again.
     pub fn record(&mut self, lesson_id: &str, passed: bool, seed: u64) {
-        let status = if passed { LessonStatus::Passed } else { LessonStatus::Failed };
+        let status = if passed {
+            LessonStatus::Passed
+        } else {
+            LessonStatus::Failed
+        };
         let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        self.lessons.insert(lesson_id.to_string(), Attempt { status, at, seed });
+        self.lessons
+            .insert(lesson_id.to_string(), Attempt { status, at, seed });
     }
 
     pub fn status(&self, lesson_id: &str) -> Option<&Attempt> {

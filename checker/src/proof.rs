@@ -89,7 +89,10 @@ pub enum Found {
     Block(ProofBlock),
     /// A BEGIN line whose block never ended (cut off, or a second BEGIN
     /// or a mismatched END came first).
-    Truncated { lesson_id: String, reason: String },
+    Truncated {
+        lesson_id: String,
+        reason: String,
+    },
 }
 
 /// Every proof block in pasted text. Tolerates what pasting does to text:
@@ -146,7 +149,12 @@ pub fn digest_line(lesson_id: &str, body: &[String]) -> String {
         hasher.update(folded.join(" ").as_bytes());
         hasher.update(b"\n");
     }
-    let hex: String = hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("{DIGEST_PREFIX}{hex}")
 }
 
@@ -205,9 +213,16 @@ mod tests {
 
     #[test]
     fn a_digest_catches_an_edited_line_but_not_rewrapped_whitespace() {
-        let mut body: Vec<String> = vec!["checker 0.1.0 · seed 5".into(), "stress run 1/3: 50 clients, 5000 frames, 10 failures".into(), "result: FAIL w02-l16".into()];
+        let mut body: Vec<String> = vec![
+            "checker 0.1.0 · seed 5".into(),
+            "stress run 1/3: 50 clients, 5000 frames, 10 failures".into(),
+            "result: FAIL w02-l16".into(),
+        ];
         body.push(digest_line("w02-l16", &body));
-        let block = ProofBlock { lesson_id: "w02-l16".into(), body: body.clone() };
+        let block = ProofBlock {
+            lesson_id: "w02-l16".into(),
+            body: body.clone(),
+        };
         assert_eq!(block.digest_intact(), Some(true));
         let mut spaced = block.clone();
         spaced.body[1] = spaced.body[1].replace(' ', "  ");
@@ -224,7 +239,9 @@ mod tests {
     #[test]
     fn a_block_cut_off_before_its_end_is_reported_truncated() {
         let text = "----- BEGIN PROOF w02-l16 -----\nchecker 0.1.0\nstress run 1/3";
-        assert!(matches!(&scan(text)[..], [Found::Truncated { lesson_id, .. }] if lesson_id == "w02-l16"));
+        assert!(
+            matches!(&scan(text)[..], [Found::Truncated { lesson_id, .. }] if lesson_id == "w02-l16")
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What a run tells its reader: each step as it happens (text), or one JSON
 //! document at the end (`--format json`), then the verdict and proof block.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -18,6 +18,19 @@ pub enum Status {
     Pass,
     Fail,
     Skip,
+}
+
+/// Colour only for a terminal, and never when NO_COLOR is set.
+pub fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+pub fn paint(text: &str, code: &str) -> String {
+    if colour() {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
 }
 
 /// What one step found. Built by the checks; printed by the transcript.
@@ -109,6 +122,8 @@ pub struct Transcript {
     steps: Vec<StepRecord>,
     current: Option<(String, Instant)>,
     step_count: usize,
+    /// The text transcript kept in memory as well (golden transcripts).
+    capture: Option<std::cell::RefCell<String>>,
 }
 
 impl Transcript {
@@ -118,16 +133,33 @@ impl Transcript {
             steps: Vec::new(),
             current: None,
             step_count,
+            capture: None,
         }
+    }
+
+    /// Also keeps the text transcript, whatever the format; `finish` returns it.
+    pub fn capturing(mut self) -> Self {
+        self.capture = Some(std::cell::RefCell::new(String::new()));
+        self
     }
 
     /// A line for people (text mode only).
     pub fn say(&self, line: impl AsRef<str>) {
+        if let Some(capture) = &self.capture {
+            let mut text = capture.borrow_mut();
+            text.push_str(line.as_ref());
+            text.push('\n');
+        }
         if self.format == Some(Format::Text) {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", line.as_ref());
             let _ = out.flush();
         }
+    }
+
+    /// Whether live progress bars make sense: text mode on a terminal.
+    pub fn on_a_terminal(&self) -> bool {
+        self.format == Some(Format::Text) && std::io::stdout().is_terminal()
     }
 
     /// A progress line inside the current step.
@@ -154,6 +186,11 @@ impl Transcript {
             Status::Pass => "PASS",
             Status::Fail => "FAIL",
             Status::Skip => "SKIP",
+        };
+        let mark = match outcome.status {
+            Status::Pass => paint(mark, "32"),
+            Status::Fail => paint(mark, "1;31"),
+            Status::Skip => paint(mark, "33"),
         };
         self.say(format!("      {mark}: {}", outcome.message));
         if outcome.status == Status::Fail {
@@ -195,11 +232,11 @@ impl Transcript {
         });
     }
 
-    /// Prints the verdict and the proof block (text), or the whole JSON result.
-    pub fn finish(self, summary: &RunSummary) {
+    /// Prints the verdict and the proof block (text), or the whole JSON
+    /// result; returns the captured text transcript, if capturing.
+    pub fn finish(self, summary: &RunSummary) -> Option<String> {
         match self.format {
-            None => {}
-            Some(Format::Text) => {
+            None | Some(Format::Text) => {
                 self.say("");
                 self.say(&summary.verdict);
                 self.say("");
@@ -225,6 +262,7 @@ impl Transcript {
                 );
             }
         }
+        self.capture.map(|text| text.into_inner())
     }
 }
 

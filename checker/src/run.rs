@@ -18,18 +18,25 @@ pub struct RunRequest<'a> {
     pub seed: u64,
     /// `None` runs silently (validate prints its own table).
     pub format: Option<Format>,
+    /// Keep the text transcript in the result (for golden transcripts).
+    pub capture: bool,
 }
 
 pub struct RunResult {
     pub passed: bool,
     pub failed_step: Option<String>,
     pub block: ProofBlock,
+    /// The text transcript, when the request asked to capture it.
+    pub transcript: Option<String>,
 }
 
 pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
     let lesson = request.lesson;
     let seed = request.seed;
     let mut log = Transcript::new(request.format, lesson.verify.len());
+    if request.capture {
+        log = log.capturing();
+    }
     log.say(format!(
         "checker {} · {} {}",
         env!("CARGO_PKG_VERSION"),
@@ -102,7 +109,7 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
             format!("Fix the cause, then run the checker again (add --seed {seed} to replay exactly this run)."),
         ),
     };
-    log.finish(&RunSummary {
+    let transcript = log.finish(&RunSummary {
         lesson_id: lesson.id.clone(),
         checked: request.checked.clone(),
         seed,
@@ -115,6 +122,7 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
         passed,
         failed_step,
         block,
+        transcript,
     })
 }
 

@@ -274,7 +274,10 @@ impl Server {
     /// A verdict-ready description if the server is no longer running.
     pub fn death_notice(&mut self) -> Option<String> {
         let status = self.try_exit_status()?;
-        let rss = self.watchdog.killed_at_rss_kib.load(std::sync::atomic::Ordering::SeqCst);
+        let rss = self
+            .watchdog
+            .killed_at_rss_kib
+            .load(std::sync::atomic::Ordering::SeqCst);
         if rss > 0 {
             return Some(format!(
                 "the checker stopped the server: its memory (RSS) reached {} MiB, past the {} MiB limit — memory that grows without bound",
@@ -293,7 +296,11 @@ impl Server {
     /// A mark in the captured output: what the server prints from now on
     /// comes after it (see [`Server::stderr_since`]).
     pub fn output_mark(&self) -> u64 {
-        self.output.inner.lock().unwrap_or_else(|e| e.into_inner()).next_index
+        self.output
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_index
     }
 
     /// The stderr lines captured since `mark`, waiting up to `timeout` for
@@ -315,6 +322,18 @@ impl Server {
             }
             self.output.wait_for_change(Duration::from_millis(50));
         }
+    }
+
+    /// The stdout lines captured since `mark`, each with its index (compare
+    /// with a later [`Server::output_mark`]); returns at once.
+    pub fn stdout_since(&self, mark: u64) -> Vec<(u64, String)> {
+        let inner = self.output.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .lines
+            .iter()
+            .filter(|(index, stream, _)| *index >= mark && *stream == Stream::Stdout)
+            .map(|(index, _, line)| (*index, line.clone()))
+            .collect()
     }
 
     fn wait_for_readers(&mut self, timeout: Duration) {
@@ -343,7 +362,9 @@ impl Server {
         }
         kill_and_reap(self.pid, &descendants);
         kill_marked(&self.marker);
-        self.watchdog.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.watchdog
+            .done
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         LIVE_GROUPS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -372,6 +393,37 @@ fn kill_and_reap(group: Pid, descendants: &[Pid]) {
     }
 }
 
+/// `checker run`: the server in the foreground, its output on the terminal.
+/// It gets its own process group and the parent-death signal like every
+/// server, so Ctrl-C (the checker's handler) or the checker's death stops it.
+pub fn run_foreground(argv: &[String]) -> Result<ExitStatus> {
+    let (program, args) = argv.split_first().context("empty server command")?;
+    let marker = new_marker();
+    let mut command = Command::new(program);
+    command.args(args).env(MARKER_VAR, &marker).process_group(0);
+    // SAFETY: only prctl runs between fork and exec (async-signal-safe).
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    LIVE_GROUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((pid.as_raw(), marker.clone()));
+    let status = child.wait().context("waiting for the server")?;
+    kill_marked(&marker);
+    LIVE_GROUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(g, _)| *g != pid.as_raw());
+    Ok(status)
+}
+
 /// Called once at start-up: orphaned grandchildren of servers (daemonised,
 /// setsid) become the checker's children, so they can be found and reaped.
 pub fn become_subreaper() {
@@ -397,7 +449,11 @@ pub fn kill_all_live() {
 fn new_marker() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Kills (and reaps, where they became ours) every process that carries
@@ -405,15 +461,24 @@ fn new_marker() -> String {
 /// that left the process group and session, even after its parent died.
 fn kill_marked(marker: &str) {
     let needle = format!("{MARKER_VAR}={marker}");
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        if environ.split(|&b| b == 0).any(|var| var == needle.as_bytes()) {
+        if environ
+            .split(|&b| b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
             let pid = Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
@@ -427,7 +492,9 @@ fn spawn_memory_watchdog(pid: Pid, watchdog: Arc<Watchdog>) {
     let limit = rss_limit_kib();
     std::thread::spawn(move || {
         while !watchdog.done.load(Ordering::SeqCst) {
-            let Ok(rss) = crate::procfs::rss_kib(pid) else { return };
+            let Ok(rss) = crate::procfs::rss_kib(pid) else {
+                return;
+            };
             if rss > limit {
                 watchdog.killed_at_rss_kib.store(rss, Ordering::SeqCst);
                 let _ = killpg(pid, Signal::SIGKILL);

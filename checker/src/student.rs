@@ -1,6 +1,6 @@
 //! The student's commands: list, show, hint, next, run, reset and watch.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
@@ -13,26 +13,16 @@ use crate::checks::Subject;
 use crate::cli::{EXIT_FAIL, EXIT_PASS};
 use crate::course::{Course, Lesson};
 use crate::progress::{LessonStatus, Progress};
-use crate::report::Format;
+use crate::report::{colour, paint, Format};
 use crate::run::{self, RunRequest};
-
-/// Colour only for a terminal, and never when NO_COLOR is set.
-pub fn colour() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-}
-
-fn paint(text: &str, code: &str) -> String {
-    if colour() {
-        format!("\x1b[{code}m{text}\x1b[0m")
-    } else {
-        text.to_string()
-    }
-}
 
 pub fn list(course: &Course) {
     let progress = Progress::load(course);
     println!("{} (course {})", course.info.title, course.info.version);
-    println!("{:<5} {:<8} {:<46} {:>4} {:>4}  status", "part", "id", "title", "min", "xp");
+    println!(
+        "{:<5} {:<8} {:<46} {:>4} {:>4}  status",
+        "part", "id", "title", "min", "xp"
+    );
     let mut earned = 0;
     let mut passed = 0;
     for lesson in &course.lessons {
@@ -75,7 +65,8 @@ fn truncate(text: &str, width: usize) -> String {
 /// The lesson README, with headings emphasised on a terminal.
 pub fn show(course: &Course, lesson: &Lesson) -> Result<()> {
     let path = course.readme_path(lesson);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut in_code = false;
     for line in text.lines() {
         if line.starts_with("```") {
@@ -92,7 +83,10 @@ pub fn show(course: &Course, lesson: &Lesson) -> Result<()> {
             println!("{line}");
         }
     }
-    println!("\nCheck it with: checker {}   (hints: checker hint {})", lesson.id, lesson.id);
+    println!(
+        "\nCheck it with: checker {}   (hints: checker hint {})",
+        lesson.id, lesson.id
+    );
     Ok(())
 }
 
@@ -106,11 +100,16 @@ pub fn hint(course: &Course, lesson: &Lesson, all: bool) -> Result<()> {
         println!("hint {}/{total}: {hint}", i + 1);
     }
     if upto < total {
-        println!("(`checker hint {}` again for the next one, `--all` for all)", lesson.id);
+        println!(
+            "(`checker hint {}` again for the next one, `--all` for all)",
+            lesson.id
+        );
     } else {
         println!("(that was the last hint; the README's Concept section has the background)");
     }
-    progress.hints_shown.insert(lesson.id.clone(), upto.max(shown));
+    progress
+        .hints_shown
+        .insert(lesson.id.clone(), upto.max(shown));
     progress.save(course)
 }
 
@@ -123,10 +122,20 @@ pub fn next(course: &Course) {
     let progress = Progress::load(course);
     match next_lesson(course, &progress) {
         Some(lesson) => {
-            println!("next: {} {} ({} min, {} XP)", lesson.id, lesson.title, lesson.duration_minutes, lesson.xp);
-            println!("  read it:   checker show {}   ({})", lesson.id, course.readme_path(lesson).display());
+            println!(
+                "next: {} {} ({} min, {} XP)",
+                lesson.id, lesson.title, lesson.duration_minutes, lesson.xp
+            );
+            println!(
+                "  read it:   checker show {}   ({})",
+                lesson.id,
+                course.readme_path(lesson).display()
+            );
             println!("  edit:      {}/src/", course.stub_dir(lesson).display());
-            println!("  check it:  checker {}   (or re-check on every save: checker watch)", lesson.id);
+            println!(
+                "  check it:  checker {}   (or re-check on every save: checker watch)",
+                lesson.id
+            );
         }
         None => println!("every lesson passed — well done. `checker list` shows your XP."),
     }
@@ -142,6 +151,7 @@ pub fn check_and_record(course: &Course, lesson: &Lesson, seed: u64) -> Result<b
         checked: lesson.stub.display().to_string(),
         seed,
         format: Some(Format::Text),
+        capture: false,
     })?;
     let mut progress = Progress::load(course);
     progress.record(&lesson.id, result.passed, seed);
@@ -176,13 +186,20 @@ pub fn run_server(course: &Course, lesson: &Lesson, args: &[String]) -> Result<u
     } else {
         args.to_vec()
     };
-    println!("starting {} {} (Ctrl-C stops it)", binary.display(), argv.join(" "));
+    println!(
+        "starting {} {} (Ctrl-C stops it)",
+        binary.display(),
+        argv.join(" ")
+    );
     println!("try it: nc 127.0.0.1 <port>, or stress_test --port <port> --clients 5 --frames 10");
-    let status = Command::new(&binary)
-        .args(&argv)
-        .status()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    Ok(if status.success() { EXIT_PASS } else { EXIT_FAIL })
+    let mut command_line = vec![binary.display().to_string()];
+    command_line.extend(argv);
+    let status = crate::server::run_foreground(&command_line)?;
+    Ok(if status.success() {
+        EXIT_PASS
+    } else {
+        EXIT_FAIL
+    })
 }
 
 /// Puts the stub back as the course ships it, after backing up the
@@ -190,7 +207,10 @@ pub fn run_server(course: &Course, lesson: &Lesson, args: &[String]) -> Result<u
 pub fn reset(course: &Course, lesson: &Lesson, yes: bool) -> Result<u8> {
     let dir = course.stub_dir(lesson);
     if !yes {
-        print!("Reset {} to the course's stub? Your version is kept in .checker/backup/. [y/N] ", dir.display());
+        print!(
+            "Reset {} to the course's stub? Your version is kept in .checker/backup/. [y/N] ",
+            dir.display()
+        );
         std::io::stdout().flush()?;
         let mut answer = String::new();
         std::io::stdin().lock().read_line(&mut answer)?;
@@ -203,7 +223,10 @@ pub fn reset(course: &Course, lesson: &Lesson, yes: bool) -> Result<u8> {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(':', "-");
-    let backup = course.root.join(".checker/backup").join(format!("{}-{stamp}", lesson.id));
+    let backup = course
+        .root
+        .join(".checker/backup")
+        .join(format!("{}-{stamp}", lesson.id));
     copy_tree(&dir, &backup)?;
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
@@ -223,9 +246,16 @@ pub fn reset(course: &Course, lesson: &Lesson, yes: bool) -> Result<u8> {
         .status()
         .context("running git restore")?;
     if !status.success() {
-        bail!("git restore failed; your version is safe in {}", backup.display());
+        bail!(
+            "git restore failed; your version is safe in {}",
+            backup.display()
+        );
     }
-    println!("{} reset to the stub of {source}; your version: {}", dir.display(), backup.display());
+    println!(
+        "{} reset to the stub of {source}; your version: {}",
+        dir.display(),
+        backup.display()
+    );
     Ok(EXIT_PASS)
 }
 
@@ -242,7 +272,10 @@ fn pristine_ref(root: &Path) -> Result<String> {
             return Ok(candidate.to_string());
         }
     }
-    bail!("{} is not a git checkout: reset needs the course's git history", root.display())
+    bail!(
+        "{} is not a git checkout: reset needs the course's git history",
+        root.display()
+    )
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
@@ -257,7 +290,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         if source.is_dir() {
             copy_tree(&source, &target)?;
         } else {
-            std::fs::copy(&source, &target).with_context(|| format!("copying {}", source.display()))?;
+            std::fs::copy(&source, &target)
+                .with_context(|| format!("copying {}", source.display()))?;
         }
     }
     Ok(())
@@ -265,7 +299,10 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 
 /// Editor droppings that must not trigger a re-run.
 fn is_noise(path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     name.ends_with('~')
         || name.ends_with(".swp")
         || name.ends_with(".swx")
@@ -274,7 +311,9 @@ fn is_noise(path: &Path) -> bool {
         || name.starts_with(".#")
         || name.starts_with('#')
         || name == "4913"
-        || path.components().any(|c| c.as_os_str() == "target" || c.as_os_str() == ".git")
+        || path
+            .components()
+            .any(|c| c.as_os_str() == "target" || c.as_os_str() == ".git")
 }
 
 /// What wakes the watch loop.
@@ -294,7 +333,11 @@ pub fn watch(course: &Course, lesson: &Lesson, manual: bool) -> Result<u8> {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
             let Ok(line) = line else { break };
-            let event = if line.trim() == "q" { Wake::Quit } else { Wake::Enter };
+            let event = if line.trim() == "q" {
+                Wake::Quit
+            } else {
+                Wake::Enter
+            };
             if keys.send(event).is_err() {
                 break;
             }
@@ -318,10 +361,17 @@ pub fn watch(course: &Course, lesson: &Lesson, manual: bool) -> Result<u8> {
         if colour() {
             print!("\x1b[2J\x1b[H");
         }
-        println!("checker watch {} — re-checks on every save in {} (q then Enter quits)\n", lesson.id, dir.display());
+        println!(
+            "checker watch {} — re-checks on every save in {} (q then Enter quits)\n",
+            lesson.id,
+            dir.display()
+        );
         let passed = check_and_record(course, lesson, seed)?;
         if passed {
-            println!("\n{} passed: `checker next` shows what comes next.", lesson.id);
+            println!(
+                "\n{} passed: `checker next` shows what comes next.",
+                lesson.id
+            );
         }
         println!("\nwaiting for a change ... (Enter re-checks, q quits)");
         match woken.recv() {
@@ -337,15 +387,21 @@ pub fn watch(course: &Course, lesson: &Lesson, manual: bool) -> Result<u8> {
     }
 }
 
-fn file_watcher(dir: &Path, wake: mpsc::Sender<Wake>) -> Result<notify_debouncer_mini::Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>> {
+fn file_watcher(
+    dir: &Path,
+    wake: mpsc::Sender<Wake>,
+) -> Result<notify_debouncer_mini::Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>> {
     use notify_debouncer_mini::notify::RecursiveMode;
-    let mut debouncer = notify_debouncer_mini::new_debouncer(Duration::from_millis(300), move |events: notify_debouncer_mini::DebounceEventResult| {
-        if let Ok(events) = events {
-            if let Some(event) = events.into_iter().find(|e| !is_noise(&e.path)) {
-                let _ = wake.send(Wake::Changed(event.path));
+    let mut debouncer = notify_debouncer_mini::new_debouncer(
+        Duration::from_millis(300),
+        move |events: notify_debouncer_mini::DebounceEventResult| {
+            if let Ok(events) = events {
+                if let Some(event) = events.into_iter().find(|e| !is_noise(&e.path)) {
+                    let _ = wake.send(Wake::Changed(event.path));
+                }
             }
-        }
-    })?;
+        },
+    )?;
     debouncer.watcher().watch(dir, RecursiveMode::Recursive)?;
     Ok(debouncer)
 }

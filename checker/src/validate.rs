@@ -3,9 +3,10 @@
 //! passes its lesson with a proof that grades, and every stub fails with a
 //! proof that does not.
 
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::{EXIT_FAIL, EXIT_PASS};
 use crate::course::{Course, Lesson};
@@ -13,7 +14,12 @@ use crate::lint;
 use crate::proof;
 use crate::run::{self, RunRequest};
 
-pub fn validate(course: &Course, only: &[String], seed: Option<u64>) -> Result<u8> {
+pub fn validate(
+    course: &Course,
+    only: &[String],
+    seed: Option<u64>,
+    transcripts: Option<&Path>,
+) -> Result<u8> {
     let seed = seed.unwrap_or_else(run::random_seed);
     let lessons: Vec<&Lesson> = course
         .lessons
@@ -38,6 +44,10 @@ pub fn validate(course: &Course, only: &[String], seed: Option<u64>) -> Result<u
         let content = lint::lesson_problems(course, lesson);
         let solution = run_quietly(course, lesson, true, seed)?;
         let stub = run_quietly(course, lesson, false, seed)?;
+        if let Some(dir) = transcripts {
+            save_transcript(dir, lesson, "pass", &solution)?;
+            save_transcript(dir, lesson, "fail", &stub)?;
+        }
 
         let solution_verdict = if !solution.passed {
             problems.push(format!(
@@ -127,5 +137,13 @@ fn run_quietly(
         checked,
         seed,
         format: None,
+        capture: true,
     })
+}
+
+/// Writes a run's text transcript to `dir/<id>.<pass|fail>.txt`.
+fn save_transcript(dir: &Path, lesson: &Lesson, kind: &str, result: &run::RunResult) -> Result<()> {
+    let path = dir.join(format!("{}.{kind}.txt", lesson.id));
+    std::fs::write(&path, result.transcript.as_deref().unwrap_or_default())
+        .with_context(|| format!("writing {}", path.display()))
 }

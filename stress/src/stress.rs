@@ -45,8 +45,13 @@ const THREAD_STACK_LEN: usize = 256 * 1024;
 /// stopped answering, rather than answering too slowly.
 const STOPPED_ANSWERING_AFTER: Duration = Duration::from_secs(1);
 
+/// Default bound on a server's silence towards one client with frames
+/// outstanding: a correct server answers within milliseconds, a stalled one
+/// never does, so waiting out the whole timeout only slows the verdict.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What to run against which server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StressConfig {
     /// The echo server.
     pub addr: SocketAddr,
@@ -62,6 +67,13 @@ pub struct StressConfig {
     /// Largest payload sent (at most `u32::MAX`); it should not exceed the
     /// server's `--max-frame`.
     pub max_payload: usize,
+    /// A client whose server sends nothing at all for this long, with
+    /// frames outstanding, fails at once ("stopped answering") instead of
+    /// waiting for `timeout`. `None`: only `timeout` applies.
+    pub stall_timeout: Option<Duration>,
+    /// Set by the caller to stop retrying refused connections early, e.g.
+    /// once it knows the server process is gone: nothing will ever accept.
+    pub give_up: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl StressConfig {
@@ -75,7 +87,15 @@ impl StressConfig {
             seed,
             timeout: Duration::from_secs(30),
             max_payload: DEFAULT_MAX_FRAME,
+            stall_timeout: Some(STALL_TIMEOUT),
+            give_up: None,
         }
+    }
+
+    fn given_up(&self) -> bool {
+        self.give_up
+            .as_ref()
+            .is_some_and(|flag| flag.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 
@@ -258,7 +278,14 @@ fn run_client(
         attempts += 1;
         let refusal = match connect(cfg.addr, deadline) {
             Ok(stream) => {
-                match run_connection(&stream, plan, cfg.timeout, deadline, verified_total) {
+                match run_connection(
+                    &stream,
+                    plan,
+                    cfg.timeout,
+                    cfg.stall_timeout,
+                    deadline,
+                    verified_total,
+                ) {
                     Attempt::Refused(refusal) => refusal,
                     Attempt::Finished {
                         verified,
@@ -282,7 +309,7 @@ fn run_client(
         }
 
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
+        if remaining.is_zero() || cfg.given_up() {
             break;
         }
         thread::sleep(backoff.min(remaining));
@@ -349,6 +376,7 @@ fn run_connection(
     stream: &TcpStream,
     plan: &ClientPlan,
     timeout: Duration,
+    stall_timeout: Option<Duration>,
     deadline: Instant,
     verified_total: &AtomicUsize,
 ) -> Attempt {
@@ -374,7 +402,15 @@ fn run_connection(
             }
         };
 
-        let attempt = verify_echoes(stream, plan, &window, timeout, deadline, verified_total);
+        let attempt = verify_echoes(
+            stream,
+            plan,
+            &window,
+            timeout,
+            stall_timeout,
+            deadline,
+            verified_total,
+        );
 
         window.stop();
         if !matches!(attempt, Attempt::Finished { failure: None, .. }) {
@@ -443,6 +479,7 @@ fn verify_echoes(
     plan: &ClientPlan,
     window: &Window,
     timeout: Duration,
+    stall_timeout: Option<Duration>,
     deadline: Instant,
     verified_total: &AtomicUsize,
 ) -> Attempt {
@@ -458,6 +495,9 @@ fn verify_echoes(
         }
         if Instant::now() >= deadline {
             return check.timed_out(timeout);
+        }
+        if let Some(stall) = stall_timeout.filter(|s| check.last_received_at.elapsed() >= *s) {
+            return check.stalled(stall);
         }
         match socket.read(&mut buffer) {
             Ok(0) => return check.closed(),
@@ -564,6 +604,24 @@ impl<'a> EchoCheck<'a> {
             kind,
             message,
         }))
+    }
+
+    /// The server sent nothing at all for `stall` with frames outstanding.
+    fn stalled(&self, stall: Duration) -> Attempt {
+        let total = self.plan.frame_count();
+        let mut message = format!(
+            "{} of {total} frames echoed, then the server stopped answering: nothing received for {}",
+            self.verified,
+            seconds(stall)
+        );
+        if !self.decoder.is_empty() {
+            message += &format!(
+                " ({} bytes of frame {}'s echo received)",
+                self.decoder.buffered_len(),
+                self.verified
+            );
+        }
+        self.failed(None, FailureKind::Timeout, message)
     }
 
     fn timed_out(&self, timeout: Duration) -> Attempt {

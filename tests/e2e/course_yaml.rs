@@ -75,3 +75,87 @@ fn a_missing_lesson_folder_is_rejected() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("lesson w01-l01, field `stub`"), "{stderr}");
 }
+
+/// `checker validate w01-l01` on a copy of the course edited by `edit`.
+fn validate_edited(edit: impl Fn(String) -> String) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("course.yaml");
+    let yaml = edit(real_course());
+    assert_ne!(yaml, real_course(), "the test's edit must apply");
+    std::fs::write(&path, yaml).expect("writing course.yaml");
+    let output = checker()
+        // Crates outside the workspace: compiled dependencies reused, and
+        // binaries kept apart from every other test's.
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace_root().join("target/validate-tests"),
+        )
+        .args([
+            "--course",
+            path.to_str().expect("utf-8 path"),
+            "validate",
+            "w01-l01",
+            "--seed",
+            "5",
+        ])
+        .output()
+        .expect("running the checker");
+    (
+        exit_code(&output),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+    )
+}
+
+#[test]
+fn validate_names_a_lesson_whose_solution_fails() {
+    let root = workspace_root().display().to_string();
+    let (code, out) = validate_edited(|yaml| {
+        yaml.replace(
+            &format!("solution: {root}/solutions/w01-l01\n"),
+            &format!("solution: {root}/lessons/w01-l01\n"),
+        )
+    });
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("w01-l01: the reference solution fails at step"),
+        "{out}"
+    );
+}
+
+#[test]
+fn validate_names_a_lesson_whose_stub_passes() {
+    // A "stub" that is really the solution: its crate, the lesson's README.
+    let root = workspace_root().display().to_string();
+    let finished = tempfile::tempdir().unwrap();
+    let stub = finished.path().join("w01-l01");
+    std::fs::create_dir_all(stub.join("src")).unwrap();
+    let manifest =
+        std::fs::read_to_string(workspace_root().join("solutions/w01-l01/Cargo.toml")).unwrap();
+    std::fs::write(
+        stub.join("Cargo.toml"),
+        format!("{manifest}\n[workspace]\n"),
+    )
+    .unwrap();
+    std::fs::copy(
+        workspace_root().join("solutions/w01-l01/src/main.rs"),
+        stub.join("src/main.rs"),
+    )
+    .unwrap();
+    std::fs::copy(
+        workspace_root().join("lessons/w01-l01/README.md"),
+        stub.join("README.md"),
+    )
+    .unwrap();
+    let stub_path = stub.display().to_string();
+    let (code, out) = validate_edited(|yaml| {
+        yaml.replace(
+            &format!("stub: {root}/lessons/w01-l01\n"),
+            &format!("stub: {stub_path}\n"),
+        )
+    });
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("w01-l01: the stub passes its lesson: its checks cannot fail"),
+        "{out}"
+    );
+}

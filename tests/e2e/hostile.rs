@@ -64,7 +64,8 @@ fn a_server_that_hangs_fails_by_timeout_not_by_hanging_the_checker() {
 
 /// Runs w01-l01 against a hostile fixture; returns (exit code, stdout).
 fn w01_against(bug: &str, tag: &str) -> (i32, String) {
-    let (output, stdout) = run_checker(&["w01-l01", "--exec", &fixture_exec(bug, tag), "--seed", "1"]);
+    let (output, stdout) =
+        run_checker(&["w01-l01", "--exec", &fixture_exec(bug, tag), "--seed", "1"]);
     (exit_code(&output), stdout)
 }
 
@@ -81,8 +82,14 @@ fn a_listening_line_for_a_port_nobody_serves_fails_at_start() {
     let tag = "hostile-wrong-port";
     let (code, stdout) = w01_against("wrong-port-line", tag);
     assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.contains("FAILED w01-l01 at step `start`"), "{stdout}");
-    assert!(stdout.contains("but nothing accepts connections at"), "{stdout}");
+    assert!(
+        stdout.contains("FAILED w01-l01 at step `start`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("but nothing accepts connections at"),
+        "{stdout}"
+    );
     assert_nothing_left(tag);
 }
 
@@ -126,7 +133,10 @@ fn a_child_that_left_the_session_with_setsid_is_found_and_killed() {
     let tag = "hostile-setsid";
     let (code, stdout) = w01_against("setsid-child", tag);
     assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.contains("the server exited (exit code 0)"), "{stdout}");
+    assert!(
+        stdout.contains("the server exited (exit code 0)"),
+        "{stdout}"
+    );
     assert_nothing_left(tag);
 }
 
@@ -135,7 +145,10 @@ fn a_server_that_exits_at_once_fails_at_start() {
     let tag = "hostile-exit";
     let (code, stdout) = w01_against("exit-at-once", tag);
     assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.contains("exited (exit code 0) before printing `listening on"), "{stdout}");
+    assert!(
+        stdout.contains("exited (exit code 0) before printing `listening on"),
+        "{stdout}"
+    );
     assert_nothing_left(tag);
 }
 
@@ -159,6 +172,9 @@ fn a_server_eating_memory_is_stopped_by_the_rss_watchdog() {
 fn a_spinning_server_gets_its_verdict_and_is_stopped() {
     let tag = "hostile-spin";
     let (code, stdout) = w01_against("spin", tag);
-    assert_eq!(code, 0, "w01-l01 has no CPU probe: a spinning but correct echo passes\n{stdout}");
+    assert_eq!(
+        code, 0,
+        "w01-l01 has no CPU probe: a spinning but correct echo passes\n{stdout}"
+    );
     assert_nothing_left(tag);
 }

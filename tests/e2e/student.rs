@@ -9,26 +9,62 @@ use crate::support::*;
 
 struct TempCourse {
     dir: tempfile::TempDir,
+    /// One temporary course builds at a time: they share a target dir
+    /// (its own, so the workspace's lesson binaries are never overwritten).
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+static ONE_COURSE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Builds of the temporary courses: compiled dependencies are reused
+/// between tests, and the workspace's own binaries stay untouched.
+fn student_target_dir() -> PathBuf {
+    workspace_root().join("target/student-tests")
 }
 
 impl TempCourse {
     /// course.yaml cut down to w01-l01, its stub and solution copied (each a
     /// crate of its own now), committed to a fresh git repository.
     fn new() -> TempCourse {
+        let turn = ONE_COURSE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let root = workspace_root();
         let course = std::fs::read_to_string(root.join("course.yaml")).unwrap();
-        let first = course.find("\n  - id: w01-l01").expect("w01-l01 in course.yaml");
-        let end = course[first + 1..].find("\n  - id: ").map(|i| first + 1 + i).unwrap_or(course.len());
+        let first = course
+            .find("\n  - id: w01-l01")
+            .expect("w01-l01 in course.yaml");
+        let end = course[first + 1..]
+            .find("\n  - id: ")
+            .map(|i| first + 1 + i)
+            .unwrap_or(course.len());
         std::fs::write(dir.path().join("course.yaml"), &course[..end]).unwrap();
         for crate_dir in ["lessons/w01-l01", "solutions/w01-l01"] {
             copy_crate(&root.join(crate_dir), &dir.path().join(crate_dir));
         }
         std::fs::write(dir.path().join(".gitignore"), "/.checker/\ntarget/\n").unwrap();
-        for args in [&["init", "-q"][..], &["add", "."], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "course"]] {
-            assert!(Process::new("git").current_dir(dir.path()).args(args).status().unwrap().success());
+        for args in [
+            &["init", "-q"][..],
+            &["add", "."],
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-qm",
+                "course",
+            ],
+        ] {
+            assert!(Process::new("git")
+                .current_dir(dir.path())
+                .args(args)
+                .status()
+                .unwrap()
+                .success());
         }
-        TempCourse { dir }
+        TempCourse { dir, _turn: turn }
     }
 
     fn path(&self) -> &Path {
@@ -39,15 +75,19 @@ impl TempCourse {
         let output = checker()
             .current_dir(self.path())
             // Reuse the workspace's compiled dependencies.
-            .env("CARGO_TARGET_DIR", workspace_root().join("target"))
+            .env("CARGO_TARGET_DIR", student_target_dir())
             .args(args)
             .output()
             .unwrap();
-        (exit_code(&output), String::from_utf8_lossy(&output.stdout).to_string())
+        (
+            exit_code(&output),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+        )
     }
 
     fn fill_in_the_stub(&self) {
-        let solution = std::fs::read_to_string(self.path().join("solutions/w01-l01/src/main.rs")).unwrap();
+        let solution =
+            std::fs::read_to_string(self.path().join("solutions/w01-l01/src/main.rs")).unwrap();
         std::fs::write(self.path().join("lessons/w01-l01/src/main.rs"), solution).unwrap();
     }
 }
@@ -71,15 +111,24 @@ fn a_new_student_walks_from_next_to_a_pass_and_sees_it_in_list() {
     let course = TempCourse::new();
     let (code, next) = course.checker(&["next"]);
     assert_eq!(code, 0);
-    assert!(next.contains("next: w01-l01 Blocking echo server"), "{next}");
+    assert!(
+        next.contains("next: w01-l01 Blocking echo server"),
+        "{next}"
+    );
     let (_, show) = course.checker(&["show", "w01-l01"]);
-    assert!(show.contains("Concept") && show.contains("Done When"), "{show}");
+    assert!(
+        show.contains("Concept") && show.contains("Done When"),
+        "{show}"
+    );
 
     let (code, run) = course.checker(&["w01-l01"]);
     assert_eq!(code, 1, "{run}");
     let (_, list) = course.checker(&["list"]);
     assert!(list.contains("failed"), "{list}");
-    assert!(list.contains("0 of 1 lessons passed · 0 of 50 XP"), "{list}");
+    assert!(
+        list.contains("0 of 1 lessons passed · 0 of 50 XP"),
+        "{list}"
+    );
 
     // A passing run of the reference solution records nothing.
     let (code, _) = course.checker(&["w01-l01", "--solution"]);
@@ -92,7 +141,10 @@ fn a_new_student_walks_from_next_to_a_pass_and_sees_it_in_list() {
     assert_eq!(code, 0, "{run}");
     let (_, list) = course.checker(&["list"]);
     assert!(list.contains("passed 20"), "{list}");
-    assert!(list.contains("1 of 1 lessons passed · 50 of 50 XP"), "{list}");
+    assert!(
+        list.contains("1 of 1 lessons passed · 50 of 50 XP"),
+        "{list}"
+    );
     let (_, next) = course.checker(&["next"]);
     assert!(next.contains("every lesson passed"), "{next}");
 }
@@ -101,9 +153,15 @@ fn a_new_student_walks_from_next_to_a_pass_and_sees_it_in_list() {
 fn hints_are_revealed_one_at_a_time_and_all_at_once_on_request() {
     let course = TempCourse::new();
     let (_, first) = course.checker(&["hint", "w01-l01"]);
-    assert!(first.contains("hint 1/") && !first.contains("hint 2/"), "{first}");
+    assert!(
+        first.contains("hint 1/") && !first.contains("hint 2/"),
+        "{first}"
+    );
     let (_, second) = course.checker(&["hint", "w01-l01"]);
-    assert!(second.contains("hint 2/") && !second.contains("hint 3/"), "{second}");
+    assert!(
+        second.contains("hint 2/") && !second.contains("hint 3/"),
+        "{second}"
+    );
     let (_, all) = course.checker(&["hint", "w01-l01", "--all"]);
     assert!(all.contains("that was the last hint"), "{all}");
 }
@@ -114,15 +172,24 @@ fn reset_restores_the_stub_and_keeps_the_students_version() {
     let main = course.path().join("lessons/w01-l01/src/main.rs");
     let original = std::fs::read_to_string(&main).unwrap();
     std::fs::write(&main, "// my attempt\n").unwrap();
-    std::fs::write(course.path().join("lessons/w01-l01/src/extra.rs"), "// extra\n").unwrap();
+    std::fs::write(
+        course.path().join("lessons/w01-l01/src/extra.rs"),
+        "// extra\n",
+    )
+    .unwrap();
     let (code, out) = course.checker(&["reset", "w01-l01", "--yes"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(std::fs::read_to_string(&main).unwrap(), original);
     assert!(!course.path().join("lessons/w01-l01/src/extra.rs").exists());
-    let backups: Vec<_> = std::fs::read_dir(course.path().join(".checker/backup")).unwrap().collect();
+    let backups: Vec<_> = std::fs::read_dir(course.path().join(".checker/backup"))
+        .unwrap()
+        .collect();
     assert_eq!(backups.len(), 1);
     let backup = backups.into_iter().next().unwrap().unwrap().path();
-    assert_eq!(std::fs::read_to_string(backup.join("src/main.rs")).unwrap(), "// my attempt\n");
+    assert_eq!(
+        std::fs::read_to_string(backup.join("src/main.rs")).unwrap(),
+        "// my attempt\n"
+    );
 }
 
 #[test]
@@ -142,7 +209,10 @@ fn reset_without_yes_asks_and_does_nothing_on_no() {
 }
 
 fn tmux(args: &[&str]) -> String {
-    let output = Process::new("tmux").args(args).output().expect("tmux is required (test.sh installs it)");
+    let output = Process::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux is required (test.sh installs it)");
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
@@ -153,7 +223,10 @@ fn wait_for_screen(session: &str, needle: &str, timeout: Duration) -> String {
         if screen.contains(needle) {
             return screen;
         }
-        assert!(Instant::now() < deadline, "`{needle}` never appeared on screen:\n{screen}");
+        assert!(
+            Instant::now() < deadline,
+            "`{needle}` never appeared on screen:\n{screen}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -165,10 +238,20 @@ fn watch_mode_re_checks_on_save_in_a_real_terminal() {
     let command = format!(
         "cd {} && CARGO_TARGET_DIR={} NO_COLOR=1 {} watch w01-l01",
         course.path().display(),
-        workspace_root().join("target").display(),
+        student_target_dir().display(),
         tool("checker").display()
     );
-    tmux(&["new-session", "-d", "-s", &session, "-x", "200", "-y", "50", &command]);
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "200",
+        "-y",
+        "50",
+        &command,
+    ]);
     let screen = wait_for_screen(&session, "FAILED w01-l01", Duration::from_secs(120));
     assert!(screen.contains("waiting for a change"), "{screen}");
     course.fill_in_the_stub();
@@ -177,4 +260,68 @@ fn watch_mode_re_checks_on_save_in_a_real_terminal() {
     tmux(&["send-keys", "-t", &session, "q", "Enter"]);
     std::thread::sleep(Duration::from_millis(500));
     tmux(&["kill-session", "-t", &session]);
+}
+
+#[test]
+fn run_starts_the_students_server_in_the_foreground_and_ctrl_c_stops_it() {
+    use std::io::{BufRead, Read, Write};
+    let course = TempCourse::new();
+    course.fill_in_the_stub();
+    let mut checker = Process::new(tool("checker"))
+        .current_dir(course.path())
+        .env("CARGO_TARGET_DIR", student_target_dir())
+        .args(["run", "w01-l01"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = checker.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let port: u16 = loop {
+        let line = received
+            .recv_timeout(Duration::from_secs(180))
+            .expect("a listening line from `checker run`");
+        if let Some(address) = line.strip_prefix("listening on ") {
+            break address.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(b"hello").unwrap();
+    let mut echo = [0u8; 5];
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"hello");
+
+    let server_pids = processes_mentioning("student-tests/release/w01-l01");
+    assert!(!server_pids.is_empty(), "the server should be running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(checker.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = checker.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server_pids
+        .iter()
+        .any(|pid| processes_mentioning("student-tests/release/w01-l01").contains(pid))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the server outlived `checker run`"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

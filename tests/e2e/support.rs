@@ -9,6 +9,44 @@ pub use epoll_course::{processes_mentioning, tool, workspace_root};
 /// test that hits it has found a hung checker.
 pub const HANG_GUARD: Duration = Duration::from_secs(240);
 
+/// Tests run two at a time; a test that holds thousands of connections (or
+/// validates the whole course, C10K included) takes this lock exclusively,
+/// every other checker run shares it, so the heavy ones never run beside
+/// anything (the open-file hard limit is 20,000; the machine has 2 cores).
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+thread_local! {
+    /// Whether this test thread holds the machine exclusively.
+    static ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The machine to one test: held while running something heavy.
+pub struct Alone {
+    _guard: std::sync::RwLockWriteGuard<'static, ()>,
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        ALONE.with(|alone| alone.set(false));
+    }
+}
+
+/// Hold while running something heavy: nothing else runs meanwhile.
+pub fn machine_to_myself() -> Alone {
+    let guard = MACHINE.write().unwrap_or_else(|e| e.into_inner());
+    ALONE.with(|alone| alone.set(true));
+    Alone { _guard: guard }
+}
+
+/// Held by ordinary checker runs (`run_checker`); a no-op for the test that
+/// already has the machine to itself.
+pub fn machine_shared() -> Option<std::sync::RwLockReadGuard<'static, ()>> {
+    if ALONE.with(|alone| alone.get()) {
+        return None;
+    }
+    Some(MACHINE.read().unwrap_or_else(|e| e.into_inner()))
+}
+
 pub fn checker() -> Command {
     let mut command = Command::new(tool("checker"));
     command.current_dir(workspace_root()).timeout(HANG_GUARD);
@@ -17,6 +55,7 @@ pub fn checker() -> Command {
 
 /// `checker <args>` to completion; returns its output and stdout text.
 pub fn run_checker(args: &[&str]) -> (Output, String) {
+    let _shared = machine_shared();
     let output = checker().args(args).output().expect("running the checker");
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     (output, stdout)
@@ -48,4 +87,78 @@ pub fn assert_nothing_left(tag: &str) {
 
 pub fn exit_code(output: &Output) -> i32 {
     output.status.code().unwrap_or(-1)
+}
+
+/// Runs `lesson` with `--exec` on the fixture `binary --bug BUG`; asserts it
+/// fails at `step` with every one of `expected` in the output and leaves no
+/// process behind. Returns the output.
+pub fn track_fixture_fails_at(
+    binary: &str,
+    lesson: &str,
+    bug: &str,
+    step: &str,
+    expected: &[&str],
+) -> String {
+    let tag = format!("{binary}-{lesson}-{bug}");
+    let exec = format!("{} --bug {bug} --tag {tag}", tool(binary).display());
+    let (output, stdout) = run_checker(&[lesson, "--exec", &exec, "--seed", "7"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    let failed_at = format!("FAILED {lesson} at step `{step}`");
+    assert!(
+        stdout.contains(&failed_at),
+        "missing `{failed_at}` in:\n{stdout}"
+    );
+    for text in expected {
+        assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
+    }
+    assert!(!stdout.contains("result: PASS"), "{stdout}");
+    assert_nothing_left(&tag);
+    stdout
+}
+
+/// Runs `lesson` with `--exec` on the fixture `binary --bug BUG` and asserts
+/// it passes, leaving no process behind. Returns the output.
+pub fn track_fixture_passes(binary: &str, lesson: &str, bug: &str) -> String {
+    let tag = format!("{binary}-{lesson}-{bug}");
+    let exec = format!("{} --bug {bug} --tag {tag}", tool(binary).display());
+    let (output, stdout) = run_checker(&[lesson, "--exec", &exec, "--seed", "7"]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert_nothing_left(&tag);
+    stdout
+}
+
+/// `checker <lesson> --solution` passes and its proof holds every line.
+pub fn lesson_solution_passes(lesson: &str, proof_lines: &[&str]) {
+    let (output, stdout) = run_checker(&[lesson, "--solution", "--seed", "7"]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert!(
+        stdout.contains(&format!("result: PASS {lesson}")),
+        "{stdout}"
+    );
+    for line in proof_lines {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+}
+
+/// `checker <lesson>` on the untouched stub fails at `step`.
+pub fn lesson_stub_fails_at(lesson: &str, step: &str) {
+    let (output, stdout) = run_checker(&[lesson, "--seed", "7"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    let failed_at = format!("FAILED {lesson} at step `{step}`");
+    assert!(
+        stdout.contains(&failed_at),
+        "missing `{failed_at}` in:\n{stdout}"
+    );
+}
+
+/// course.yaml with absolute crate paths, so a copy of it elsewhere (edited
+/// by a test) still finds the crates.
+pub fn course_with_absolute_paths() -> String {
+    let text = std::fs::read_to_string(workspace_root().join("course.yaml")).expect("course.yaml");
+    let root = workspace_root().display().to_string();
+    text.replace("stub: lessons/", &format!("stub: {root}/lessons/"))
+        .replace(
+            "solution: solutions/",
+            &format!("solution: {root}/solutions/"),
+        )
 }

@@ -12,24 +12,40 @@ use crate::course::Lesson;
 use crate::report::{StepOutcome, Transcript};
 use crate::server::{Launch, ListenWait, Server};
 
+mod backpressure;
+mod bad_input;
+mod broadcast;
+mod broken_pipes;
 mod build;
+mod burst;
+mod c10k;
+mod capacity;
+mod client;
 mod concurrency;
+mod connect_burst;
+mod disconnects;
 mod echo;
+mod epoll;
 mod excerpt;
+mod fd_leak;
 mod frame_client;
 mod frames;
-mod oversize;
-mod pool;
-mod start;
-mod stress;
 mod hold;
+mod http;
+mod http_load;
 mod idle_cpu;
+mod idle_timeout;
+mod loops;
+mod oversize;
+mod perf;
+mod pool;
 mod process;
+mod shutdown;
 mod slow_reader;
 mod stalled_client;
-mod epoll;
-mod burst;
-mod connect_burst;
+mod start;
+mod stats;
+mod stress;
 
 /// One kind of step: parameters from course.yaml, and how to run them.
 pub trait Check {
@@ -111,6 +127,22 @@ steps! {
     "epoll" => Epoll(epoll::Epoll),
     "burst" => Burst(burst::Burst),
     "connect_burst" => ConnectBurst(connect_burst::ConnectBurst),
+    "c10k" => C10k(c10k::C10k),
+    "stats" => Stats(stats::Stats),
+    "shutdown" => Shutdown(shutdown::Shutdown),
+    "backpressure" => Backpressure(backpressure::Backpressure),
+    "bad_input" => BadInput(bad_input::BadInput),
+    "idle_timeout" => IdleTimeout(idle_timeout::IdleTimeout),
+    "client" => Client(client::Client),
+    "disconnects" => Disconnects(disconnects::Disconnects),
+    "fd_leak" => FdLeak(fd_leak::FdLeak),
+    "capacity" => Capacity(capacity::Capacity),
+    "broken_pipes" => BrokenPipes(broken_pipes::BrokenPipes),
+    "perf" => Perf(perf::Perf),
+    "loops" => Loops(loops::Loops),
+    "http" => Http(http::Http),
+    "http_load" => HttpLoad(http_load::HttpLoad),
+    "broadcast" => Broadcast(broadcast::Broadcast),
 }
 
 impl Step {
@@ -150,6 +182,18 @@ impl Ctx<'_> {
         extra: &[String],
     ) -> Result<std::result::Result<Server, StepOutcome>> {
         let launch = self.launch(extra)?;
+        self.start_launch(launch)
+    }
+
+    /// Like [`Ctx::start_server`], with the server's soft RLIMIT_NOFILE set
+    /// to `nofile_soft` (the C10K lesson starts it at 1,024, a common default).
+    pub fn start_server_with_nofile(
+        &mut self,
+        extra: &[String],
+        nofile_soft: u64,
+    ) -> Result<std::result::Result<Server, StepOutcome>> {
+        let mut launch = self.launch(extra)?;
+        launch.nofile_soft = Some(nofile_soft);
         self.start_launch(launch)
     }
 
@@ -254,6 +298,23 @@ mod tests {
 
     fn words(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn every_step_kind_is_documented_in_the_maintainers_guide() {
+        let guide = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/maintainers.md"
+        ))
+        .unwrap();
+        let missing: Vec<&&str> = STEP_NAMES
+            .iter()
+            .filter(|name| !guide.contains(&format!("| `{name}` |")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/maintainers.md's step table lacks {missing:?}"
+        );
     }
 
     #[test]

@@ -102,11 +102,13 @@ impl Check for SlowReader {
             let mut stream = match TcpStream::connect_timeout(&server.addr, Duration::from_secs(3))
             {
                 Ok(stream) => stream,
-                Err(err) => return Ok(StepOutcome::fail(format!(
+                Err(err) => {
+                    return Ok(StepOutcome::fail(format!(
                     "client {client}: connect failed while the slow client was not reading: {err}"
                 ))
-                .cause("the server stopped accepting while one client's echoes were backed up")
-                .evidence(Ctx::server_evidence(&mut server))),
+                    .cause("the server stopped accepting while one client's echoes were backed up")
+                    .evidence(Ctx::server_evidence(&mut server)))
+                }
             };
             let _ = stream.set_nodelay(true);
             for frame in 0..self.frames {

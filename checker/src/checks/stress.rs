@@ -2,6 +2,8 @@
 //! clients × `frames` frames (stress crate), every echo verified. Any
 //! failure in any run fails the step.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -59,7 +61,44 @@ impl Check for Stress {
                 ctx.seed.wrapping_add(run as u64),
             );
             config.timeout = Duration::from_secs(self.timeout_secs);
-            let report = run_stress_with_progress(&config, &|_| {});
+            let gone = Arc::new(AtomicBool::new(false));
+            config.give_up = Some(gone.clone());
+            // A dead server accepts nothing: stop retrying instead of
+            // waiting out the timeout.
+            let running = AtomicBool::new(true);
+            let report = std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    while running.load(Ordering::SeqCst) {
+                        if !crate::procfs::is_alive(server.pid) {
+                            gone.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                });
+                // A bar on a terminal; plain lines (the summary) otherwise.
+                let bar = ctx.log.on_a_terminal().then(|| {
+                    let bar = indicatif::ProgressBar::new((self.clients * self.frames) as u64);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "      run {msg} [{bar:40}] {pos}/{len} frames",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    bar.set_message(format!("{run}/{}", self.runs));
+                    bar
+                });
+                let report = run_stress_with_progress(&config, &|verified| {
+                    if let Some(bar) = &bar {
+                        bar.set_position(verified as u64);
+                    }
+                });
+                if let Some(bar) = bar {
+                    bar.finish_and_clear();
+                }
+                running.store(false, Ordering::SeqCst);
+                report
+            });
             let seconds = report.elapsed.as_secs_f64();
             total_seconds += seconds;
             let line = format!(

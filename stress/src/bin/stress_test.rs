@@ -63,6 +63,11 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
     timeout: Duration,
 
+    /// A client whose server sends nothing for this long, with frames
+    /// outstanding, fails at once ("stopped answering"); 0 waits for --timeout.
+    #[arg(long, value_name = "SECS", default_value = "10")]
+    stall_timeout: u64,
+
     /// Largest payload to send; keep it within the server's --max-frame.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME as u32)]
     max_payload: u32,
@@ -107,6 +112,8 @@ fn run(args: &Args) -> Result<bool> {
         let cfg = StressConfig {
             timeout: args.timeout,
             max_payload: args.max_payload as usize,
+            stall_timeout: (args.stall_timeout > 0)
+                .then(|| Duration::from_secs(args.stall_timeout)),
             ..StressConfig::new(addr, clients, frames, seed)
         };
         let report = run_with_progress_line(&cfg);

@@ -1,0 +1,268 @@
+//! `bad_input`: a well-behaved client stays connected and must get an exact
+//! echo before, between and after three kinds of bad clients, each on its
+//! own connection:
+//!
+//! - `idle`: `idle_connections` connect, send nothing, stay a while, then
+//!   hang up (they must not stall the server or kill it);
+//! - `oversize`: a header announcing `max_frame + 1` bytes, then some of them;
+//! - `garbage`: random bytes (seeded) whose first four decode to a length
+//!   above `max_frame`.
+//!
+//! The oversize and garbage connections must be closed by the server (EOF or
+//! reset) within `close_timeout_secs` with nothing echoed, and the server
+//! must write something to stderr after the bad bytes were sent (a server
+//! that logs each connect is given 300 ms to do so before the mark).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+
+use super::frame_client::{connect, read_until_closed};
+use super::hold::{read_echo, Echoed};
+use super::{Check, Ctx};
+use crate::report::StepOutcome;
+use crate::server::Server;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BadInput {
+    /// The server's --max-frame (not passed: the default is assumed).
+    pub max_frame: u32,
+    /// Connections that connect and send nothing.
+    pub idle_connections: usize,
+    /// How long the idle connections stay, in ms.
+    pub idle_ms: u64,
+    /// Bytes of garbage sent.
+    pub garbage_bytes: usize,
+    /// Bound on the server closing a bad connection, in seconds.
+    pub close_timeout_secs: u64,
+    pub args: Vec<String>,
+}
+
+impl Default for BadInput {
+    fn default() -> Self {
+        BadInput {
+            max_frame: 65536,
+            idle_connections: 20,
+            idle_ms: 500,
+            garbage_bytes: 4096,
+            close_timeout_secs: 5,
+            args: Vec::new(),
+        }
+    }
+}
+
+/// The well-behaved client: one exact echo, or why not.
+fn good_echo(good: &mut TcpStream, round: &mut usize) -> Option<String> {
+    *round += 1;
+    let frame = stress::frame::encode(format!("well-behaved client, frame {round}").as_bytes());
+    if let Err(err) = good.write_all(&frame) {
+        return Some(format!("sending frame {round} failed: {err}"));
+    }
+    match read_echo(good, frame.len(), Instant::now() + Duration::from_secs(5)) {
+        Echoed::Complete(got) if got == frame => None,
+        Echoed::Complete(_) => Some(format!("frame {round}: the echo differs")),
+        Echoed::Eof(_) => Some(format!("frame {round}: the server closed the connection")),
+        Echoed::TimedOut(got) => Some(format!(
+            "frame {round}: {} of {} bytes echoed within 5 s",
+            got.len(),
+            frame.len()
+        )),
+        Echoed::Failed(_, err) => Some(format!("frame {round}: reading failed: {err}")),
+    }
+}
+
+impl BadInput {
+    fn disturbed(&self, server: &mut Server, after: &str, what: String) -> StepOutcome {
+        let (message, cause) = match server.death_notice() {
+            Some(death) => (
+                format!("the server died after {after}: {death}"),
+                "one client's bad input must never end the server: handle it as an error of that connection (log it, close it) and keep serving",
+            ),
+            None => (
+                format!("the well-behaved client was disturbed after {after}: {what}"),
+                "a bad client must only cost its own connection: close it, and keep every other connection (and its buffers) as it was",
+            ),
+        };
+        StepOutcome::fail(message)
+            .cause(cause)
+            .evidence(Ctx::server_evidence(server))
+    }
+
+    /// Sends `bytes` on a fresh connection; the server must close it
+    /// without echoing and log something. `Some(outcome)` is a failure.
+    fn judge_bad(
+        &self,
+        ctx: &mut Ctx,
+        server: &mut Server,
+        what: &str,
+        bytes: &[u8],
+    ) -> Result<Option<StepOutcome>> {
+        let mut bad = match connect(server.addr) {
+            Ok(stream) => stream,
+            Err(err) => {
+                return Ok(Some(
+                    StepOutcome::fail(format!("{what} client: connect failed: {err}"))
+                        .cause("the server stopped accepting connections")
+                        .evidence(Ctx::server_evidence(server)),
+                ))
+            }
+        };
+        // Connect logs come first; the mark is for what the bad bytes cause.
+        std::thread::sleep(Duration::from_millis(300));
+        let mark = server.output_mark();
+        let header: Vec<String> = bytes[..4].iter().map(|b| format!("{b:02x}")).collect();
+        let announced = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let sent = format!(
+            "{what}: {} bytes, header {} (announces {announced} bytes; --max-frame {})",
+            bytes.len(),
+            header.join(" "),
+            self.max_frame
+        );
+        ctx.log.detail(format!("sent {sent}"));
+        // The server may close before taking every byte: a failed write is fine.
+        let _ = bad.write_all(bytes);
+        let (got, ending) =
+            read_until_closed(&mut bad, Duration::from_secs(self.close_timeout_secs));
+        if !got.is_empty() {
+            return Ok(Some(
+                StepOutcome::fail(format!(
+                    "{what}: the server sent {} bytes back instead of closing",
+                    got.len()
+                ))
+                .cause("a header above --max-frame is bad input: close the connection without replying")
+                .evidence(std::iter::once(format!("sent {sent}")).chain(Ctx::server_evidence(server))),
+            ));
+        }
+        if !ending.is_closed() {
+            let outcome = if server.death_notice().is_some() {
+                self.disturbed(server, &format!("the {what} client"), String::new())
+            } else {
+                StepOutcome::fail(format!(
+                    "{what}: the connection was not closed within {} s ({})",
+                    self.close_timeout_secs,
+                    ending.describe()
+                ))
+                .cause("the server trusts the length prefix and waits for a payload that will never come: check `len > max_frame` as soon as the 4 header bytes are in, log it and close that connection")
+                .evidence(std::iter::once(format!("sent {sent}")).chain(Ctx::server_evidence(server)))
+            };
+            return Ok(Some(outcome));
+        }
+        // Waits up to 2 s for a log line; a dying server has exited by then.
+        let logged = server.stderr_since(mark, Duration::from_secs(2));
+        if server.death_notice().is_some() {
+            return Ok(Some(self.disturbed(
+                server,
+                &format!("the {what} client"),
+                String::new(),
+            )));
+        }
+        if logged.is_empty() {
+            return Ok(Some(
+                StepOutcome::fail(format!(
+                    "{what}: the connection was closed, but nothing was written to stderr within 2 s"
+                ))
+                .cause("bad input is worth a log line: eprintln! the peer address and what was wrong (the header bytes, the length) before closing")
+                .evidence(std::iter::once(format!("sent {sent}")).chain(Ctx::server_evidence(server))),
+            ));
+        }
+        ctx.log.detail(format!(
+            "{what}: connection {}; server logged: {}",
+            ending.describe(),
+            logged[0]
+        ));
+        Ok(None)
+    }
+}
+
+impl Check for BadInput {
+    fn summary(&self) -> String {
+        format!(
+            "{} idle connects, an oversize header and {} bytes of garbage, each on its own connection: bad ones closed and logged, a well-behaved client echoed throughout",
+            self.idle_connections, self.garbage_bytes
+        )
+    }
+
+    fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome> {
+        let mut server = match ctx.start_server(&self.args)? {
+            Ok(server) => server,
+            Err(failed) => return Ok(failed),
+        };
+        let mut round = 0;
+        let mut good = match connect(server.addr) {
+            Ok(stream) => stream,
+            Err(err) => {
+                return Ok(StepOutcome::fail(format!("connect failed: {err}"))
+                    .cause("the server does not accept connections")
+                    .evidence(Ctx::server_evidence(&mut server)))
+            }
+        };
+        if let Some(what) = good_echo(&mut good, &mut round) {
+            return Ok(self.disturbed(&mut server, "nothing yet", what));
+        }
+
+        // Idle connects: they send nothing, then hang up.
+        let mut idle = Vec::new();
+        for _ in 0..self.idle_connections {
+            match TcpStream::connect_timeout(&server.addr, Duration::from_secs(3)) {
+                Ok(stream) => idle.push(stream),
+                Err(err) => {
+                    return Ok(self.disturbed(
+                        &mut server,
+                        &format!("{} idle connects", idle.len()),
+                        format!("the next connect failed: {err}"),
+                    ))
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(self.idle_ms));
+        let after_idle = format!("{} connections that sent nothing", idle.len());
+        if let Some(what) = good_echo(&mut good, &mut round) {
+            return Ok(self.disturbed(&mut server, &after_idle, what));
+        }
+        drop(idle);
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(what) = good_echo(&mut good, &mut round) {
+            return Ok(self.disturbed(&mut server, &format!("{after_idle} hung up"), what));
+        }
+        ctx.log.detail(format!(
+            "{} idle connects held {} ms and closed: the well-behaved client still echoed",
+            self.idle_connections, self.idle_ms
+        ));
+
+        // Oversize: a header one byte over, and the start of its payload.
+        let mut oversize = (self.max_frame + 1).to_be_bytes().to_vec();
+        oversize.extend(std::iter::repeat_n(b'x', 1024));
+        if let Some(failed) = self.judge_bad(ctx, &mut server, "oversize", &oversize)? {
+            return Ok(failed);
+        }
+        if let Some(what) = good_echo(&mut good, &mut round) {
+            return Ok(self.disturbed(&mut server, "the oversize client", what));
+        }
+
+        // Garbage: seeded random bytes, the first one forced non-zero so the
+        // length they decode to is above any --max-frame under 16 MiB.
+        let mut garbage = vec![0u8; self.garbage_bytes.max(4)];
+        ChaCha8Rng::seed_from_u64(ctx.seed).fill_bytes(&mut garbage);
+        garbage[0] |= 0x80;
+        if let Some(failed) = self.judge_bad(ctx, &mut server, "garbage", &garbage)? {
+            return Ok(failed);
+        }
+        if let Some(what) = good_echo(&mut good, &mut round) {
+            return Ok(self.disturbed(&mut server, "the garbage client", what));
+        }
+        Ok(StepOutcome::pass(format!(
+            "{} idle connects, an oversize header and {} bytes of garbage: both bad connections closed and logged; the well-behaved client got all {round} echoes",
+            self.idle_connections, garbage.len()
+        ))
+        .proof_line(format!(
+            "bad_input: oversize and garbage closed and logged, {} idle connects survived, a well-behaved client echoed {round} of {round}",
+            self.idle_connections
+        )))
+    }
+}

@@ -1,0 +1,291 @@
+//! `disconnects`: the three ways a client leaves, one connection each, and
+//! after each one the server must still be alive and echo a fresh client.
+//!
+//! 1. Reset mid-frame: half a frame, then SO_LINGER 0 and close (an RST).
+//!    The server's next read fails with ECONNRESET: that connection only.
+//! 2. Close mid-frame: half a frame, then EOF. Nothing can be echoed; the
+//!    server must close its side (the client sees EOF, no bytes).
+//! 3. Half-close: `half_close_kib` KiB of whole frames, then shutdown(Write),
+//!    and only `read_delay_ms` later reading (by then the server has read
+//!    the EOF with echoes still queued). EOF ends the client's requests, not its
+//!    reading: every echo must arrive, in order, and then EOF. A server
+//!    that closes at EOF at once drops the echoes still queued.
+
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::Result;
+use nix::sys::socket::{setsockopt, sockopt};
+use serde::Deserialize;
+
+use super::frame_client::{self, connect, read_exactly, read_until_closed, Ending};
+use super::{Check, Ctx};
+use crate::report::StepOutcome;
+use crate::server::Server;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Disconnects {
+    /// KiB of frames the half-closing client sends before shutdown(Write):
+    /// more than the socket buffers hold, so echoes are still queued at EOF.
+    pub half_close_kib: usize,
+    /// How long the half-closing client waits after shutdown(Write) before
+    /// it reads, in ms: time for the server to reach the EOF with echoes
+    /// still queued.
+    pub read_delay_ms: u64,
+    /// Bound on each wait (an echo, an EOF), in seconds.
+    pub timeout_secs: u64,
+    pub args: Vec<String>,
+}
+
+impl Default for Disconnects {
+    fn default() -> Self {
+        Disconnects {
+            half_close_kib: 8192,
+            read_delay_ms: 1000,
+            timeout_secs: 10,
+            args: Vec::new(),
+        }
+    }
+}
+
+/// Payload bytes per frame of the half-closing client.
+const FRAME_SIZE: usize = 16 * 1024;
+
+/// Closes with an RST instead of a FIN: SO_LINGER on with a zero timeout
+/// makes close() discard unsent data and reset the connection.
+pub(super) fn reset(stream: TcpStream) {
+    let linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = setsockopt(&stream, sockopt::Linger, &linger);
+    drop(stream);
+}
+
+/// A new client sends one frame and must get it back: the server survived
+/// whatever came before and still accepts and serves. `Err` says what went
+/// wrong, in words.
+pub(super) fn fresh_client_echoed(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let mut stream = connect(addr).map_err(|e| format!("a new client could not connect: {e}"))?;
+    let frame = stress::frame::encode(b"a fresh client, after the others left");
+    stream
+        .write_all(&frame)
+        .map_err(|e| format!("a new client could not send a frame: {e}"))?;
+    match read_exactly(&mut stream, frame.len(), timeout) {
+        (got, Ending::Complete) if got == frame => {
+            frame_client::close(stream);
+            Ok(())
+        }
+        (_, Ending::Complete) => Err("a new client's echo differs from its frame".into()),
+        (got, ending) => Err(format!(
+            "a new client got {} of {} bytes back: {}",
+            got.len(),
+            frame.len(),
+            ending.describe()
+        )),
+    }
+}
+
+/// Connects with a small receive buffer (set before connect, so the window
+/// the server sees is small from the start): the server's echoes stop
+/// fitting in the kernel's buffers after a few hundred KiB and wait in its
+/// write buffer, which is what a half-close must not lose.
+pub(super) fn connect_small_window(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::RcvBuf, &SMALL_RCVBUF)?;
+    connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
+    Ok(TcpStream::from(fd))
+}
+
+/// The half-closing client's receive buffer, in bytes (the kernel doubles it).
+const SMALL_RCVBUF: usize = 16 * 1024;
+
+/// Half a frame: the header of a 200-byte frame and 100 of its bytes.
+fn half_frame() -> Vec<u8> {
+    let whole = stress::frame::encode(&[0x5a; 200]);
+    whole[..4 + 100].to_vec()
+}
+
+impl Check for Disconnects {
+    fn summary(&self) -> String {
+        format!(
+            "clients reset mid-frame, close mid-frame and half-close with {} KiB of echoes pending; the server survives each and serves the next client",
+            self.half_close_kib
+        )
+    }
+
+    fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome> {
+        let mut server = match ctx.start_server(&self.args)? {
+            Ok(server) => server,
+            Err(failed) => return Ok(failed),
+        };
+        let timeout = Duration::from_secs(self.timeout_secs);
+        let addr = server.addr;
+        // Each case: its name, the likely cause when it fails, and the client.
+        type Case = fn(&Disconnects, SocketAddr, Duration) -> Result<String, String>;
+        let cases: [(&str, &str, Case); 3] = [
+            (
+                "reset mid-frame",
+                "a reset is an error of that one connection (ECONNRESET from read or write): close it and keep serving; never unwrap() or `?` it out of the event loop",
+                Disconnects::reset_mid_frame,
+            ),
+            (
+                "close mid-frame",
+                "a read of 0 (EOF) with half a frame buffered: drop the partial frame and close the connection; the client sees EOF",
+                Disconnects::close_mid_frame,
+            ),
+            (
+                "half-close",
+                "EOF means the client sends no more, not that it stopped reading: keep writing the echoes already queued, and close only once the write buffer is empty",
+                Disconnects::half_close,
+            ),
+        ];
+        for (case, cause, client) in cases {
+            let result = client(self, addr, timeout).and_then(|detail| {
+                fresh_client_echoed(addr, timeout)
+                    .map(|()| detail)
+                    .map_err(|e| format!("after a client's {case}, {e}"))
+            });
+            // A dead server explains any failure best: give it a moment to be
+            // reaped, then say so.
+            let result = result.map_err(|message| {
+                std::thread::sleep(Duration::from_millis(200));
+                match server.death_notice() {
+                    Some(death) => format!("the server died after a client's {case}: {death}"),
+                    None => message,
+                }
+            });
+            match result {
+                Ok(detail) => ctx
+                    .log
+                    .detail(format!("{case}: {detail}; the next client was echoed")),
+                Err(message) => return Ok(fail(&mut server, message, cause)),
+            }
+        }
+        Ok(StepOutcome::pass(format!(
+            "reset mid-frame, close mid-frame and half-close survived; {} KiB echoed in full after a half-close",
+            self.half_close_kib
+        ))
+        .figure("half_close_kib", self.half_close_kib)
+        .proof_line(format!(
+            "disconnects: reset and close mid-frame survived, {} KiB echoed in full after a half-close",
+            self.half_close_kib
+        )))
+    }
+}
+
+/// A failed outcome quoting the server's output.
+pub(super) fn fail(server: &mut Server, message: String, cause: &str) -> StepOutcome {
+    StepOutcome::fail(message)
+        .cause(cause)
+        .evidence(Ctx::server_evidence(server))
+}
+
+impl Disconnects {
+    fn reset_mid_frame(&self, addr: SocketAddr, _timeout: Duration) -> Result<String, String> {
+        let mut stream = connect(addr).map_err(|e| format!("connect failed: {e}"))?;
+        let half = half_frame();
+        stream
+            .write_all(&half)
+            .map_err(|e| format!("sending half a frame failed: {e}"))?;
+        std::thread::sleep(Duration::from_millis(100));
+        reset(stream);
+        Ok(format!("sent {} of 204 bytes, then an RST", half.len()))
+    }
+
+    fn close_mid_frame(&self, addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+        let mut stream = connect(addr).map_err(|e| format!("connect failed: {e}"))?;
+        let half = half_frame();
+        stream
+            .write_all(&half)
+            .map_err(|e| format!("sending half a frame failed: {e}"))?;
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = stream.shutdown(Shutdown::Write);
+        match read_until_closed(&mut stream, timeout) {
+            (got, Ending::Eof) if got.is_empty() => {
+                Ok(format!("sent {} of 204 bytes, then EOF; the server closed", half.len()))
+            }
+            (got, ending) if ending.is_closed() => Err(format!(
+                "after half a frame and EOF, the server sent {} bytes before closing (nothing was complete to echo)",
+                got.len()
+            )),
+            (got, ending) => Err(format!(
+                "after half a frame and EOF, the server did not close the connection within {} s ({}, {} bytes received)",
+                timeout.as_secs(),
+                ending.describe(),
+                got.len()
+            )),
+        }
+    }
+
+    fn half_close(&self, addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+        let mut stream = connect_small_window(addr).map_err(|e| format!("connect failed: {e}"))?;
+        let frames = (self.half_close_kib * 1024 / FRAME_SIZE).max(1);
+        let payloads: Vec<Vec<u8>> = (0..frames)
+            .map(|i| {
+                (0..FRAME_SIZE)
+                    .map(|j| (i * 31 + j * 7 % 251) as u8)
+                    .collect()
+            })
+            .collect();
+        let wire = frame_client::framed(&payloads);
+        // Bounded: a server that stops reading must not hang the probe.
+        let _ = stream.set_write_timeout(Some(timeout));
+        stream.write_all(&wire).map_err(|e| {
+            format!(
+                "sending {} KiB of frames before reading failed: {e}",
+                wire.len() / 1024
+            )
+        })?;
+        stream
+            .shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown(Write) failed: {e}"))?;
+        std::thread::sleep(Duration::from_millis(self.read_delay_ms));
+        let (got, ending) = read_exactly(&mut stream, wire.len(), timeout);
+        if !matches!(ending, Ending::Complete) {
+            return Err(format!(
+                "half-close: sent {} frames ({} KiB), then shutdown(Write), reading from {} ms later; got back {} of {} bytes, then the connection {}",
+                frames,
+                wire.len() / 1024,
+                self.read_delay_ms,
+                got.len(),
+                wire.len(),
+                ending.describe()
+            ));
+        }
+        if got != wire {
+            let mut lines = frame_client::describe_difference(&payloads, &got);
+            lines.insert(
+                0,
+                "half-close: the echoes differ from the frames sent".into(),
+            );
+            return Err(lines.join("; "));
+        }
+        match read_until_closed(&mut stream, timeout) {
+            (extra, Ending::Eof) if extra.is_empty() => Ok(format!(
+                "{frames} frames ({} KiB) then shutdown(Write): all echoed, then EOF",
+                wire.len() / 1024
+            )),
+            (extra, ending) if ending.is_closed() => Err(format!(
+                "half-close: {} bytes more than were sent came back",
+                extra.len()
+            )),
+            (_, ending) => Err(format!(
+                "half-close: every echo arrived, but the server did not close the connection within {} s ({})",
+                timeout.as_secs(),
+                ending.describe()
+            )),
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! `http`: correctness probes for an HTTP/1.1 static-file server. The step
+//! writes its own document root in a temporary directory (index.html,
+//! notes.txt, style.css, and secret.txt *beside* the root), starts the
+//! server with `--root <dir>`, and sends, each case on its own connection:
+//! GET of each file (status 200, Content-Length, Content-Type, the exact
+//! body), HEAD (same headers, no body: the next response on the connection
+//! must parse), a missing file (404), a malformed request line (400), `..`
+//! paths reaching for secret.txt (404 or 400, never its bytes), five
+//! requests on one keep-alive connection, `Connection: close` (the response,
+//! then EOF), a request sent one byte per write, and three pipelined
+//! requests in one write (three responses, in order). Every response must
+//! carry Content-Length: it is how a keep-alive client finds its end.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use super::{Check, Ctx};
+use crate::report::StepOutcome;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Pause between the single bytes of the split request, in ms.
+    pub byte_pause_ms: u64,
+    /// Bound on each response, in seconds.
+    pub timeout_secs: u64,
+    pub args: Vec<String>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            byte_pause_ms: 2,
+            timeout_secs: 5,
+            args: Vec::new(),
+        }
+    }
+}
+
+/// A temporary document root, removed when dropped.
+pub struct DocRoot {
+    /// Holds `root/` and `secret.txt` beside it.
+    base: PathBuf,
+    pub root: PathBuf,
+    pub index: Vec<u8>,
+    pub notes: Vec<u8>,
+    pub style: Vec<u8>,
+    pub secret: Vec<u8>,
+}
+
+impl DocRoot {
+    pub fn create(seed: u64) -> Result<DocRoot> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let base = std::env::temp_dir().join(format!(
+            "checker-http-{}-{seed}-{nanos}",
+            std::process::id()
+        ));
+        let root = base.join("root");
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let mut index = b"<!doctype html>\n<title>checker</title>\n".to_vec();
+        for line in 0..60 {
+            index.extend_from_slice(format!("<p>line {line} of seed {seed}</p>\n").as_bytes());
+        }
+        let notes = format!("plain text, seed {seed}\n").repeat(20).into_bytes();
+        let style = b"body { font-family: sans-serif; }\n".to_vec();
+        let secret = format!("SECRET-{seed}-outside-the-root\n").into_bytes();
+        let docs = DocRoot {
+            base,
+            root,
+            index,
+            notes,
+            style,
+            secret,
+        };
+        docs.write("root/index.html", &docs.index)?;
+        docs.write("root/notes.txt", &docs.notes)?;
+        docs.write("root/style.css", &docs.style)?;
+        docs.write("secret.txt", &docs.secret)?;
+        Ok(docs)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.base.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// `--root <dir>` for the server's command line.
+    pub fn args(&self) -> Vec<String> {
+        vec!["--root".to_string(), self.root.display().to_string()]
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for DocRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// One parsed response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub status_line: String,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why no whole response came back.
+#[derive(Debug)]
+pub enum Missing {
+    /// EOF before any byte of the response.
+    ClosedBefore,
+    /// EOF or reset in the middle of the response.
+    Cut(String),
+    Timeout(usize),
+    Malformed(String),
+    NoContentLength(String),
+    Io(String),
+}
+
+impl Missing {
+    pub fn describe(&self) -> String {
+        match self {
+            Missing::ClosedBefore => "the server closed the connection without a response".into(),
+            Missing::Cut(what) => format!("the response was cut short: {what}"),
+            Missing::Timeout(n) => format!("no whole response in time ({n} bytes received)"),
+            Missing::Malformed(head) => format!("not an HTTP/1.x response: {head:?}"),
+            Missing::NoContentLength(head) => {
+                format!("a response without Content-Length: {head:?}")
+            }
+            Missing::Io(e) => format!("socket error: {e}"),
+        }
+    }
+
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Missing::ClosedBefore => "the connection was closed before this request was answered: keep the connection open after each response (HTTP/1.1 keep-alive is the default) and answer every request in the buffer",
+            Missing::NoContentLength(_) => "every response needs `Content-Length: <body bytes>`: without it a keep-alive client cannot tell where the body ends",
+            Missing::Timeout(_) => "the request was never fully answered: a request may arrive over many reads, or share a read with the next requests; keep the unparsed bytes and parse again when more arrive",
+            _ => "write the status line, the headers, a blank line (`\\r\\n\\r\\n`), then exactly Content-Length body bytes",
+        }
+    }
+}
+
+/// A connection that reads responses one at a time, keeping whatever
+/// follows a response (the next pipelined one) for the next call.
+pub struct HttpConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    pub timeout: Duration,
+}
+
+impl HttpConn {
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<HttpConn> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn {
+            stream,
+            buf: Vec::new(),
+            timeout,
+        })
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads one response; `head_only` for the answer to a HEAD request.
+    pub fn response(&mut self, head_only: bool) -> std::result::Result<Response, Missing> {
+        let deadline = Instant::now() + self.timeout;
+        let head_end = loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            match self.fill(deadline)? {
+                0 if self.buf.is_empty() => return Err(Missing::ClosedBefore),
+                0 => return Err(Missing::Cut(format!("EOF after {:?}", excerpt(&self.buf)))),
+                _ => {}
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or("").to_string();
+        let mut words = status_line.splitn(3, ' ');
+        let version = words.next().unwrap_or("");
+        let status = words.next().and_then(|s| s.parse::<u16>().ok());
+        let Some(status) = status.filter(|_| version.starts_with("HTTP/1.")) else {
+            return Err(Missing::Malformed(excerpt(head.as_bytes())));
+        };
+        let mut headers = Vec::new();
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                return Err(Missing::Malformed(excerpt(head.as_bytes())));
+            };
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let length = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok());
+        let Some(length) = length else {
+            return Err(Missing::NoContentLength(excerpt(head.as_bytes())));
+        };
+        let body_len = if head_only { 0 } else { length };
+        let total = head_end + 4 + body_len;
+        while self.buf.len() < total {
+            if self.fill(deadline)? == 0 {
+                return Err(Missing::Cut(format!(
+                    "EOF after {} of {body_len} body bytes",
+                    self.buf.len() - head_end - 4
+                )));
+            }
+        }
+        let body = self.buf[head_end + 4..total].to_vec();
+        self.buf.drain(..total);
+        Ok(Response {
+            status,
+            status_line,
+            headers,
+            body,
+        })
+    }
+
+    /// True when the server closes the connection (EOF) before `deadline`
+    /// with nothing more to read.
+    pub fn sees_eof(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        matches!(self.fill(deadline), Ok(0)) || matches!(self.fill(deadline), Err(Missing::Io(_)))
+    }
+
+    fn fill(&mut self, deadline: Instant) -> std::result::Result<usize, Missing> {
+        let mut chunk = [0u8; 16384];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Missing::Timeout(self.buf.len()));
+            }
+            let _ = self.stream.set_read_timeout(Some(left));
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(Missing::Timeout(self.buf.len()))
+                }
+                Err(e) => return Err(Missing::Io(e.to_string())),
+            }
+        }
+    }
+}
+
+pub fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(160)]).to_string();
+    if bytes.len() > 160 {
+        format!("{text}...")
+    } else {
+        text
+    }
+}
+
+pub fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: checker\r\n\r\n").into_bytes()
+}
+
+/// One case's verdict: Ok(what passed) or Err((message, cause)).
+type Case = std::result::Result<String, (String, String)>;
+
+fn missing(what: &str, m: Missing) -> (String, String) {
+    (format!("{what}: {}", m.describe()), m.cause().to_string())
+}
+
+/// Checks a 200 response against the file it should carry.
+fn check_file(what: &str, r: &Response, body: &[u8], kind: &str, head_only: bool) -> Case {
+    if r.status != 200 {
+        return Err((
+            format!("{what}: status line {:?}, expected 200", r.status_line),
+            "a file that exists under --root is answered `HTTP/1.1 200 OK`".into(),
+        ));
+    }
+    let length = r.header("content-length").unwrap_or("");
+    if length != body.len().to_string() {
+        return Err((
+            format!(
+                "{what}: Content-Length {length}, the file has {} bytes",
+                body.len()
+            ),
+            "Content-Length is the file's size in bytes (for HEAD too)".into(),
+        ));
+    }
+    let ctype = r.header("content-type").unwrap_or("(none)");
+    if !ctype.starts_with(kind) {
+        return Err((
+            format!("{what}: Content-Type {ctype:?}, expected {kind}"),
+            "pick Content-Type from the extension: .html text/html, .txt text/plain, .css text/css"
+                .into(),
+        ));
+    }
+    if !head_only && r.body != body {
+        return Err((
+            format!(
+                "{what}: the body differs from the file ({} bytes, starting {:?})",
+                r.body.len(),
+                excerpt(&r.body)
+            ),
+            "send the file's bytes unchanged after the blank line".into(),
+        ));
+    }
+    Ok(format!("{what}: 200, Content-Length {length}, {ctype}"))
+}
+
+impl Http {
+    fn cases(&self, addr: SocketAddr, docs: &DocRoot) -> Vec<(String, Case)> {
+        let timeout = Duration::from_secs(self.timeout_secs);
+        let open = |what: &str| {
+            HttpConn::connect(addr, timeout).map_err(|e| {
+                (
+                    format!("{what}: connect failed: {e}"),
+                    "the server stopped accepting connections".to_string(),
+                )
+            })
+        };
+        let exchange = |what: &str,
+                        request: &[u8],
+                        head_only: bool|
+         -> std::result::Result<Response, (String, String)> {
+            let mut conn = open(what)?;
+            conn.send(request).map_err(|e| {
+                (
+                    format!("{what}: send failed: {e}"),
+                    "the server reset the connection".to_string(),
+                )
+            })?;
+            conn.response(head_only).map_err(|m| missing(what, m))
+        };
+        let mut results = Vec::new();
+
+        let what = "GET /index.html";
+        results.push((
+            what.to_string(),
+            exchange(what, &get("/index.html"), false)
+                .and_then(|r| check_file(what, &r, &docs.index, "text/html", false)),
+        ));
+        let what = "GET /notes.txt";
+        results.push((
+            what.to_string(),
+            exchange(what, &get("/notes.txt"), false)
+                .and_then(|r| check_file(what, &r, &docs.notes, "text/plain", false)),
+        ));
+
+        let what = "HEAD /index.html, then GET /style.css on the same connection";
+        results.push((what.to_string(), (|| {
+            let mut conn = open(what)?;
+            let head = b"HEAD /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec();
+            conn.send(&head).map_err(|e| (format!("{what}: send failed: {e}"), "reset".to_string()))?;
+            let r = conn.response(true).map_err(|m| missing("HEAD /index.html", m))?;
+            check_file("HEAD /index.html", &r, &docs.index, "text/html", true)?;
+            conn.send(&get("/style.css")).map_err(|e| (format!("{what}: send failed: {e}"), "the server closed the connection after the HEAD response".to_string()))?;
+            let r = conn.response(false).map_err(|m| {
+                if matches!(m, Missing::ClosedBefore) {
+                    return missing("GET /style.css after HEAD (the same connection)", m);
+                }
+                let (msg, _) = missing("GET /style.css after HEAD", m);
+                (msg, "a HEAD response has the headers of the GET (Content-Length included) but no body: bytes sent after its blank line are taken for the next response".to_string())
+            })?;
+            check_file("GET /style.css after HEAD", &r, &docs.style, "text/css", false)
+        })()));
+
+        let what = "GET /missing.html";
+        results.push((
+            what.to_string(),
+            exchange(what, &get("/missing.html"), false).and_then(|r| {
+                if r.status == 404 {
+                    Ok(format!("{what}: 404"))
+                } else {
+                    Err((
+                        format!("{what}: status line {:?}, expected 404", r.status_line),
+                        "a file that does not exist is `404 Not Found`".to_string(),
+                    ))
+                }
+            }),
+        ));
+
+        let what = "a malformed request line `BOGUS`";
+        results.push((
+            what.to_string(),
+            exchange(what, b"BOGUS\r\n\r\n", false).and_then(|r| {
+                if r.status == 400 {
+                    Ok(format!("{what}: 400"))
+                } else {
+                    Err((
+                        format!("{what}: status line {:?}, expected 400", r.status_line),
+                        "a request line that is not `METHOD TARGET HTTP/1.x` is `400 Bad Request`"
+                            .to_string(),
+                    ))
+                }
+            }),
+        ));
+
+        for target in ["/../secret.txt", "/notes.txt/../../secret.txt"] {
+            let what = format!("GET {target} (secret.txt lies beside the root)");
+            results.push((what.clone(), exchange(&what, &get(target), false).and_then(|r| {
+                let leaked = r.body.windows(docs.secret.len()).any(|w| w == docs.secret.as_slice());
+                if leaked || !(r.status == 404 || r.status == 400) {
+                    Err((format!("{what}: status line {:?}{}", r.status_line, if leaked { ", and the body holds secret.txt" } else { "" }), "a `..` segment climbs out of the document root: answer 404 or 400 for any path with `..`".to_string()))
+                } else { Ok(format!("{what}: {}", r.status)) }
+            })));
+        }
+
+        let what = "5 GET requests one after another on one keep-alive connection";
+        results.push((
+            what.to_string(),
+            (|| {
+                let mut conn = open(what)?;
+                for i in 1..=5 {
+                    conn.send(&get("/index.html")).map_err(|e| {
+                        (
+                            format!("{what}: request {i}: send failed: {e}"),
+                            Missing::ClosedBefore.cause().to_string(),
+                        )
+                    })?;
+                    let r = conn
+                        .response(false)
+                        .map_err(|m| missing(&format!("keep-alive request {i} of 5"), m))?;
+                    check_file(
+                        &format!("keep-alive request {i} of 5"),
+                        &r,
+                        &docs.index,
+                        "text/html",
+                        false,
+                    )?;
+                }
+                Ok(format!("{what}: 5 responses"))
+            })(),
+        ));
+
+        let what = "GET with `Connection: close`";
+        results.push((what.to_string(), (|| {
+            let mut conn = open(what)?;
+            conn.send(b"GET /notes.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(|e| (format!("{what}: send failed: {e}"), "reset".to_string()))?;
+            let r = conn.response(false).map_err(|m| missing(what, m))?;
+            check_file(what, &r, &docs.notes, "text/plain", false)?;
+            if conn.sees_eof(Duration::from_secs(2)) { Ok(format!("{what}: response, then EOF")) } else {
+                Err((format!("{what}: the connection was still open 2 s after the response"), "after a request with `Connection: close`, close the connection once the response is written".to_string()))
+            }
+        })()));
+
+        let what = "GET /index.html sent one byte per write";
+        results.push((
+            what.to_string(),
+            (|| {
+                let mut conn = open(what)?;
+                for byte in get("/index.html") {
+                    conn.send(&[byte]).map_err(|e| {
+                        (
+                            format!("{what}: send failed: {e}"),
+                            "the server closed a connection whose request was incomplete"
+                                .to_string(),
+                        )
+                    })?;
+                    std::thread::sleep(Duration::from_millis(self.byte_pause_ms));
+                }
+                let r = conn.response(false).map_err(|m| missing(what, m))?;
+                check_file(what, &r, &docs.index, "text/html", false)
+            })(),
+        ));
+
+        let what = "3 pipelined requests in one write (index.html, notes.txt, style.css)";
+        results.push((what.to_string(), (|| {
+            let mut conn = open(what)?;
+            let mut batch = get("/index.html");
+            batch.extend(get("/notes.txt"));
+            batch.extend(get("/style.css"));
+            conn.send(&batch).map_err(|e| (format!("{what}: send failed: {e}"), "reset".to_string()))?;
+            let expected: [(&str, &[u8], &str); 3] = [("index.html", &docs.index, "text/html"), ("notes.txt", &docs.notes, "text/plain"), ("style.css", &docs.style, "text/css")];
+            for (i, (name, body, kind)) in expected.iter().enumerate() {
+                let label = format!("pipelined response {} of 3 ({name})", i + 1);
+                let r = conn.response(false).map_err(|m| {
+                    let (msg, cause) = missing(&label, m);
+                    (msg, format!("{cause}; one read may hold several requests: answer each, in order, before waiting again"))
+                })?;
+                check_file(&label, &r, body, kind, false)?;
+            }
+            Ok(format!("{what}: 3 responses in order"))
+        })()));
+        results
+    }
+}
+
+impl Check for Http {
+    fn summary(&self) -> String {
+        "HTTP/1.1: GET, HEAD, 404, 400, `..`, keep-alive, Connection: close, split and pipelined requests, against a temporary --root".to_string()
+    }
+
+    fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome> {
+        let docs = DocRoot::create(ctx.seed)?;
+        let mut args = self.args.clone();
+        args.extend(docs.args());
+        let mut server = match ctx.start_server(&args)? {
+            Ok(server) => server,
+            Err(failed) => return Ok(failed),
+        };
+        ctx.log
+            .detail(format!("document root: {}", docs.path().display()));
+        let results = self.cases(server.addr, &docs);
+        let total = results.len();
+        for (what, result) in results {
+            match result {
+                Ok(line) => ctx.log.detail(format!("ok: {line}")),
+                Err((message, cause)) => {
+                    return Ok(StepOutcome::fail(message).cause(cause).evidence(
+                        std::iter::once(format!("case: {what}"))
+                            .chain(Ctx::server_evidence(&mut server)),
+                    ))
+                }
+            }
+        }
+        if let Some(death) = server.death_notice() {
+            return Ok(StepOutcome::fail("the server died during the HTTP probes")
+                .cause("a client's request must never end the server")
+                .evidence(std::iter::once(death).chain(server.output_tail(20))));
+        }
+        Ok(StepOutcome::pass(format!("{total} HTTP cases answered correctly"))
+            .figure("http_cases", total)
+            .proof_line(format!(
+                "http: {total} cases: GET and HEAD with Content-Length and Content-Type, 404, 400, `..` refused, keep-alive, Connection: close, split and pipelined requests"
+            )))
+    }
+}

@@ -1,0 +1,808 @@
+//! w04-l25 — HTTP/1.1 on the reactor.
+//!
+//! The w03-l22 server, speaking HTTP/1.1 instead of frames: it serves the
+//! files under a document root (`--root DIR`, default the current
+//! directory) to GET and HEAD requests, on the same edge-triggered epoll
+//! loop. A request ends at its blank line (`\r\n\r\n`), which may come in
+//! many reads or share a read with the next requests (pipelining): the
+//! bytes wait in `inbuf` exactly like partial frames did. Connections stay
+//! open between requests (keep-alive, HTTP/1.1's default) unless the
+//! client sends `Connection: close`.
+//!
+//! ```text
+//! GET /index.html HTTP/1.1        HTTP/1.1 200 OK
+//! Host: localhost          ->     Content-Length: 1234
+//!                                 Content-Type: text/html; charset=utf-8
+//!                                 Connection: keep-alive
+//! ```
+
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+/// A single-threaded epoll HTTP/1.1 server for static files.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Port to listen on (0 lets the kernel choose a free one).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+
+    /// Most connections served at once; one more is accepted and closed at once.
+    #[arg(long, default_value_t = 100_000)]
+    max_clients: usize,
+
+    /// The document root: GET /a/b.html serves DIR/a/b.html.
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+
+    /// Most events one epoll_wait() call may return.
+    #[arg(long, default_value_t = 1024)]
+    max_events: usize,
+
+    /// Print connection and traffic statistics to stdout every second.
+    #[arg(long)]
+    stats: bool,
+}
+
+/// Longest request head (request line and headers) accepted; a longer one
+/// gets 400 and the connection is closed.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// How much one read() may bring in at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Connections that may wait in the kernel's accept queue. std listens with
+/// 128; 10,000 clients connecting at once overflow that many times over.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// The epoll token (event data) of the listener. Clients use their fd
+/// number, which is never this large.
+const LISTENER: u64 = u64::MAX;
+
+/// The epoll token of the signalfd.
+const SIGNALS: u64 = u64::MAX - 1;
+
+/// How long a shutdown may spend writing out pending responses before it
+/// closes the connections anyway (a client that never reads must not keep
+/// the server alive).
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+
+    // Before any connection: each one costs a file descriptor.
+    match raise_fd_limit() {
+        Ok(limit) => eprintln!("open-file limit: {limit}"),
+        Err(e) => eprintln!("warning: cannot raise the open-file limit: {e}"),
+    }
+
+    let listener = match TcpListener::bind((args.host.as_str(), args.port)) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}:{}: {e}", args.host, args.port);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = set_backlog(&listener, LISTEN_BACKLOG) {
+        eprintln!("warning: cannot set the listen backlog to {LISTEN_BACKLOG}: {e}");
+    }
+    let local = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("error: cannot read the listening address: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The listener must not block either: accept() is called until it says
+    // WouldBlock, and that must not put the whole server to sleep.
+    if let Err(e) = listener.set_nonblocking(true) {
+        eprintln!("error: cannot make the listener non-blocking: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!("listening on {local}");
+
+    match event_loop(&listener, &args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: epoll failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open files (RLIMIT_NOFILE) to the hard limit
+/// and returns the new soft limit. The hard limit is the ceiling an
+/// unprivileged process may raise itself to.
+fn raise_fd_limit() -> nix::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
+}
+
+/// Sets the listener's accept-queue length. Linux lets listen() be called
+/// again on a listening socket to change it; the kernel caps it at
+/// net.core.somaxconn.
+fn set_backlog(listener: &TcpListener, backlog: i32) -> nix::Result<()> {
+    use nix::sys::socket::{listen, Backlog};
+    listen(listener, Backlog::new(backlog)?)
+}
+
+/// One client connection and everything the server remembers about it.
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Bytes received but not yet part of a complete request head.
+    inbuf: Vec<u8>,
+    /// Responses waiting to be written, oldest first.
+    outbuf: Vec<u8>,
+    /// The client has closed its side (read returned 0): read no more, but
+    /// finish writing what `outbuf` holds before closing.
+    peer_closed: bool,
+    /// The last response said `Connection: close`: answer no more requests,
+    /// close once `outbuf` is written.
+    closing: bool,
+    /// The events this connection is registered for in the epoll instance
+    /// right now, so an unchanged interest costs no epoll_ctl() call.
+    registered: EpollFlags,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, peer: SocketAddr) -> Conn {
+        Conn {
+            stream,
+            peer,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            peer_closed: false,
+            closing: false,
+            registered: EpollFlags::empty(),
+        }
+    }
+
+    /// The events epoll should report for this connection.
+    fn interest(&self) -> EpollFlags {
+        let mut events = trigger_mode();
+        if !self.peer_closed {
+            events |= EpollFlags::EPOLLIN;
+        }
+        // Only while output is pending: each epoll.modify() re-arms the
+        // edge, so turning EPOLLOUT on while the socket has room reports it
+        // writable once, which is when the pending bytes get their turn.
+        if self.has_pending_output() {
+            events |= EpollFlags::EPOLLOUT;
+        }
+        events
+    }
+
+    /// Reads everything the kernel has for this socket, until WouldBlock,
+    /// and appends it to `inbuf`. Edge-triggered epoll will not report the
+    /// socket again for bytes that were already there.
+    ///
+    /// - Ok(()) with every waiting byte in `inbuf` (maybe none, when the
+    ///   wake-up was spurious: WouldBlock is not an error).
+    /// - Ok(()) with `peer_closed` set at EOF, clean or mid-request alike: the
+    ///   bytes already buffered stay, so the requests they complete are still
+    ///   answered. `has_partial_request` tells the two cases apart.
+    /// - Err(e) when the connection is broken (reset by the client, ...).
+    fn read_all(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            match self.stream.read(&mut chunk) {
+                // The client closed its side.
+                Ok(0) => {
+                    self.peer_closed = true;
+                    return Ok(());
+                }
+                // New bytes: keep them, and read again: more may be waiting.
+                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                // Drained: the next new byte brings the next event.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                // A signal interrupted the read before any byte: try again.
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // Reset or another real error: this connection is over.
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes the next complete request head (request line and headers,
+    /// through the blank line) out of `inbuf`.
+    ///
+    /// - Ok(Some(head)): a whole head, removed from the front of `inbuf`;
+    ///   whatever follows it (pipelined requests) stays.
+    /// - Ok(None): no blank line yet. Not an error: the rest of the request
+    ///   comes in a later read.
+    /// - Err(InvalidData): no blank line within MAX_HEAD bytes.
+    fn next_request(&mut self) -> io::Result<Option<Vec<u8>>> {
+        match self.inbuf.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(end) => Ok(Some(self.inbuf.drain(..end + 4).collect())),
+            None if self.inbuf.len() > MAX_HEAD => Err(io::Error::new(
+                ErrorKind::InvalidData,
+                format!("no end of request head within {MAX_HEAD} bytes"),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// True when the client sent part of a request that never completed.
+    fn has_partial_request(&self) -> bool {
+        !self.inbuf.is_empty()
+    }
+
+    fn has_pending_output(&self) -> bool {
+        !self.outbuf.is_empty()
+    }
+
+    /// Writes as much of `outbuf` as the socket takes right now.
+    ///
+    /// - Ok(()) when everything was written, or when the socket's send buffer
+    ///   filled up (WouldBlock): the rest stays in `outbuf` and EPOLLOUT will
+    ///   say when to go on.
+    /// - Err(e) when the client is gone: EPIPE or ECONNRESET. Rust ignores
+    ///   SIGPIPE before main, so this arrives as an error, not a signal.
+    fn flush(&mut self) -> io::Result<()> {
+        let mut written = 0;
+        let result = loop {
+            if written == self.outbuf.len() {
+                break Ok(());
+            }
+            match self.stream.write(&self.outbuf[written..]) {
+                // The socket took nothing and never will: treat it as broken.
+                Ok(0) => break Err(io::Error::from(ErrorKind::WriteZero)),
+                // Part (or all) of the rest was taken: count it, write again.
+                Ok(n) => written += n,
+                // The send buffer is full: stop here. Edge-triggered EPOLLOUT
+                // fires once it has room again, because we wrote until now.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break Ok(()),
+                // A signal interrupted the write before any byte: try again.
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // EPIPE, ECONNRESET...: this connection is over.
+                Err(e) => break Err(e),
+            }
+        };
+        // Forget what the kernel took, keeping the unsent tail in order.
+        self.outbuf.drain(..written);
+        result
+    }
+}
+
+/// What the `--stats` lines count, since the last report.
+struct Stats {
+    /// Requests answered (any status).
+    requests: u64,
+    /// Bytes read from clients.
+    bytes_read: u64,
+    /// When the counting period started.
+    since: Instant,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            requests: 0,
+            bytes_read: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Prints the two stats lines for the period that ends now, then starts
+    /// a new period. Rates are per second of the period's real length, so a
+    /// late report does not inflate them.
+    fn report(&mut self, active: usize, pending: usize) {
+        let seconds = self.since.elapsed().as_secs_f64().max(0.001);
+        let requests_per_sec = (self.requests as f64 / seconds).round() as u64;
+        let megabytes_per_sec = self.bytes_read as f64 / seconds / 1_000_000.0;
+        let clock = utc_clock();
+        println!("[{clock}] Connections: {active} active, {pending} pending");
+        println!(
+            "[{clock}] Requests: {requests_per_sec}/sec, Bytes: {megabytes_per_sec:.1} MB/sec"
+        );
+        *self = Stats::new();
+    }
+}
+
+/// The time of day in UTC as HH:MM:SS (no time-zone database needed).
+fn utc_clock() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let day = secs % 86_400;
+    format!("{:02}:{:02}:{:02}", day / 3600, day % 3600 / 60, day % 60)
+}
+
+/// Counted from start to exit, for the final stats line.
+#[derive(Default)]
+struct Totals {
+    /// Requests answered.
+    requests: u64,
+    /// Connections closed because of an error.
+    errors: u64,
+}
+
+/// What serving a connection left it as.
+enum State {
+    Open,
+    /// Finished normally: the last response was sent and the connection ends.
+    Done,
+}
+
+/// Does whatever work `ready` allows on one connection: read, answer
+/// every whole request, write pending output. An Err means this connection
+/// is broken and must be closed; it never concerns any other connection.
+fn serve(conn: &mut Conn, ready: EpollFlags, root: &Path, stats: &mut Stats) -> io::Result<State> {
+    // EPOLLHUP and EPOLLERR come whether asked for or not, and can come
+    // without EPOLLIN; reading is how we learn what happened.
+    let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+    if ready.intersects(readable) && !conn.peer_closed {
+        let buffered = conn.inbuf.len();
+        let result = conn.read_all();
+        // Count what arrived even when the read ended in an error.
+        stats.bytes_read += (conn.inbuf.len() - buffered) as u64;
+        result?;
+        // One read can bring many requests (pipelining), or the end of one
+        // and the start of the next: answer every whole request, in order,
+        // and keep the rest for later. After `Connection: close`, nothing.
+        while !conn.closing {
+            let head = match conn.next_request() {
+                Ok(Some(head)) => head,
+                Ok(None) => break,
+                // A head that never ends: answer 400 and close.
+                Err(e) => {
+                    eprintln!("{}: {e}", conn.peer);
+                    conn.outbuf
+                        .extend_from_slice(&error_response(400, "Bad Request", true));
+                    conn.closing = true;
+                    break;
+                }
+            };
+            let (response, close) = respond(&head, root);
+            conn.outbuf.extend_from_slice(&response);
+            conn.closing = close;
+            stats.requests += 1;
+        }
+        // Unread input makes close() send a reset that can destroy the
+        // last response in flight: after `Connection: close`, discard it.
+        if conn.closing {
+            conn.inbuf.clear();
+        }
+    }
+    // Write right away rather than waiting for EPOLLOUT: the socket is
+    // usually writable, and whatever it does not take waits in outbuf.
+    if conn.has_pending_output() {
+        conn.flush()?;
+    }
+    if (conn.peer_closed || conn.closing) && !conn.has_pending_output() {
+        if conn.peer_closed && conn.has_partial_request() {
+            eprintln!(
+                "{}: closed in the middle of a request ({} bytes dropped)",
+                conn.peer,
+                conn.inbuf.len()
+            );
+        }
+        // FIN after the last byte of the last response.
+        let _ = conn.stream.shutdown(Shutdown::Write);
+        return Ok(State::Done);
+    }
+    Ok(State::Open)
+}
+
+// HTTP: turning one request head into one response. Nothing here touches a
+// socket, so every function can be read (and tested) on its own.
+
+/// The response to one request head, and whether the connection closes
+/// after it. Only GET and HEAD of files under `root` succeed.
+fn respond(head: &[u8], root: &Path) -> (Vec<u8>, bool) {
+    let Ok(text) = std::str::from_utf8(head) else {
+        return (error_response(400, "Bad Request", true), true);
+    };
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or("");
+    let parts: Vec<&str> = request_line.split(' ').collect();
+    let [method, target, version] = parts[..] else {
+        return (error_response(400, "Bad Request", true), true);
+    };
+    if !version.starts_with("HTTP/1.") || !target.starts_with('/') {
+        return (error_response(400, "Bad Request", true), true);
+    }
+    // HTTP/1.1 keeps the connection by default, HTTP/1.0 closes it; the
+    // Connection header overrides either.
+    let mut close = version == "HTTP/1.0";
+    for line in lines.filter(|l| !l.is_empty()) {
+        let Some((name, value)) = line.split_once(':') else {
+            return (error_response(400, "Bad Request", true), true);
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("connection") {
+            if value.eq_ignore_ascii_case("close") {
+                close = true;
+            } else if value.eq_ignore_ascii_case("keep-alive") {
+                close = false;
+            }
+        } else if name.eq_ignore_ascii_case("content-length") && value != "0" {
+            // A GET or HEAD has no body; one we would not read would be
+            // taken for the next request.
+            return (error_response(400, "Bad Request", true), true);
+        }
+    }
+    if method != "GET" && method != "HEAD" {
+        return (error_response(405, "Method Not Allowed", close), close);
+    }
+    let Some(path) = resolve(root, target) else {
+        return (error_response(404, "Not Found", close), close);
+    };
+    let body = match std::fs::read(&path) {
+        Ok(body) => body,
+        Err(_) => return (error_response(404, "Not Found", close), close),
+    };
+    let mut response = response_head(200, "OK", body.len(), content_type(&path), close);
+    // HEAD: the same headers, Content-Length included, and no body.
+    if method == "GET" {
+        response.extend_from_slice(&body);
+    }
+    (response, close)
+}
+
+/// The file a target names under `root`, or None when it names nothing
+/// servable: a `..` segment (it could climb out of the root) or a directory
+/// without index.html.
+fn resolve(root: &Path, target: &str) -> Option<PathBuf> {
+    // The query string does not name a file.
+    let path = target.split(['?', '#']).next().unwrap_or("/");
+    let mut file = root.to_path_buf();
+    for component in Path::new(path.trim_start_matches('/')).components() {
+        match component {
+            Component::Normal(part) => file.push(part),
+            Component::CurDir => {}
+            // `..` and anything else: refuse rather than leave the root.
+            _ => return None,
+        }
+    }
+    if file.is_dir() {
+        file.push("index.html");
+    }
+    file.is_file().then_some(file)
+}
+
+/// The Content-Type for a file, from its extension.
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("html") | Some("htm") => "text/html; charset=utf-8",
+        Some("txt") => "text/plain; charset=utf-8",
+        Some("css") => "text/css",
+        Some("js") => "text/javascript",
+        Some("json") => "application/json",
+        Some("png") => "image/png",
+        Some("jpg") | Some("jpeg") => "image/jpeg",
+        Some("svg") => "image/svg+xml",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Status line and headers, through the blank line. Content-Length is
+/// always there: it is how a keep-alive client knows where the body ends.
+fn response_head(code: u16, reason: &str, length: usize, kind: &str, close: bool) -> Vec<u8> {
+    let connection = if close { "close" } else { "keep-alive" };
+    format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Length: {length}\r\nContent-Type: {kind}\r\nConnection: {connection}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A complete error response with a one-line text body.
+fn error_response(code: u16, reason: &str, close: bool) -> Vec<u8> {
+    let body = format!("{code} {reason}\n");
+    let mut response = response_head(code, reason, body.len(), "text/plain; charset=utf-8", close);
+    response.extend_from_slice(body.as_bytes());
+    response
+}
+
+// The epoll backend: the only functions that talk to the epoll instance
+// (as redis keeps epoll in ae_epoll.c, under one dispatch loop).
+
+/// The trigger mode every registration carries: edge-triggered.
+fn trigger_mode() -> EpollFlags {
+    // Every registration, in add and in modify: a modify without EPOLLET
+    // quietly turns the socket back to level-triggered.
+    EpollFlags::EPOLLET
+}
+
+/// A new epoll instance, closed when the returned value is dropped.
+fn create_epoll() -> nix::Result<Epoll> {
+    // CLOEXEC: a program this server ever ran would not inherit the fd.
+    Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+}
+
+/// Adds the listener to the interest list, edge-triggered like the
+/// clients (accept_clients drains it); its events carry LISTENER.
+fn register_listener(epoll: &Epoll, listener: &TcpListener) -> nix::Result<()> {
+    let interest = EpollFlags::EPOLLIN | trigger_mode();
+    epoll.add(listener, EpollEvent::new(interest, LISTENER))
+}
+
+/// Adds a new client to the interest list; its events carry its fd number.
+fn register_client(epoll: &Epoll, conn: &mut Conn) -> nix::Result<()> {
+    let interest = conn.interest();
+    let token = conn.stream.as_raw_fd() as u64;
+    epoll.add(&conn.stream, EpollEvent::new(interest, token))?;
+    conn.registered = interest;
+    Ok(())
+}
+
+/// Tells epoll about a change in what the connection waits for (EPOLLOUT
+/// on while output is pending, EPOLLIN off once the client closed).
+fn update_interest(epoll: &Epoll, conn: &mut Conn) -> nix::Result<()> {
+    let interest = conn.interest();
+    if interest == conn.registered {
+        return Ok(());
+    }
+    let token = conn.stream.as_raw_fd() as u64;
+    epoll.modify(&conn.stream, &mut EpollEvent::new(interest, token))?;
+    conn.registered = interest;
+    Ok(())
+}
+
+/// Blocks until at least one registered socket is ready or `deadline`
+/// passes (none: wait as long as it takes); fills the front of `events`
+/// and returns how many it filled (0 when the deadline came first).
+fn wait_for_events(
+    epoll: &Epoll,
+    events: &mut [EpollEvent],
+    deadline: Option<Instant>,
+) -> nix::Result<usize> {
+    let timeout = match deadline {
+        None => EpollTimeout::NONE,
+        // Rounded up to whole milliseconds: a timeout of 0 would return at
+        // once and spin until the deadline.
+        Some(at) => {
+            let left = at.saturating_duration_since(Instant::now());
+            let millis = left.as_micros().div_ceil(1000).min(1000) as u16;
+            EpollTimeout::from(millis)
+        }
+    };
+    epoll.wait(events, timeout)
+}
+
+/// Accepts every connection waiting in the listener's queue and registers
+/// each with epoll.
+fn accept_clients(
+    epoll: &Epoll,
+    listener: &TcpListener,
+    conns: &mut HashMap<RawFd, Conn>,
+    max_clients: usize,
+) {
+    // Edge-triggered: one event may stand for many queued connections, and
+    // none is reported again until a new one arrives. Drain the queue.
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            // The queue is empty: back to epoll_wait().
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            // A signal interrupted accept(): try again.
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            // ECONNABORTED, EMFILE...: no reason to stop the server. Come
+            // back on the next epoll_wait() wake-up.
+            Err(e) => {
+                eprintln!("accept failed: {e}");
+                return;
+            }
+        };
+        if conns.len() >= max_clients {
+            eprintln!("{peer}: refused, {max_clients} clients already connected");
+            drop(stream); // accept-then-close: the client sees EOF at once
+            continue;
+        }
+        if let Err(e) = stream.set_nonblocking(true) {
+            eprintln!("{peer}: cannot make the socket non-blocking: {e}");
+            continue;
+        }
+        let mut conn = Conn::new(stream, peer);
+        if let Err(e) = register_client(epoll, &mut conn) {
+            eprintln!("{peer}: cannot register with epoll: {e}");
+            continue; // dropping conn closes the socket
+        }
+        conns.insert(conn.stream.as_raw_fd(), conn);
+        eprintln!("{peer}: connected ({} active)", conns.len());
+    }
+}
+
+/// Blocks SIGINT and SIGTERM and returns a signalfd that reports them as
+/// readable data instead. Called before any other thread could exist, so
+/// the block covers the whole process.
+fn open_signal_fd() -> nix::Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    // A blocked signal is not delivered (its default action would kill the
+    // process): it stays pending, and the signalfd reads it.
+    mask.thread_block()?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
+
+/// The signal the signalfd holds, if any (it is non-blocking).
+fn read_signal(signals: &mut SignalFd) -> Option<Signal> {
+    match signals.read_signal() {
+        Ok(Some(info)) => Signal::try_from(info.ssi_signo as i32).ok(),
+        // Nothing to read, or a read error: no signal to act on.
+        Ok(None) | Err(_) => None,
+    }
+}
+
+/// The graceful shutdown, once SIGINT or SIGTERM arrived: no new clients;
+/// every request that already arrived is answered; pending output is written
+/// (for at most SHUTDOWN_GRACE); every connection gets an orderly close.
+fn shut_down(
+    epoll: &Epoll,
+    listener: &TcpListener,
+    conns: &mut HashMap<RawFd, Conn>,
+    signal: Signal,
+    totals: &mut Totals,
+    args: &Args,
+) {
+    println!("Received {}, shutting down...", signal.as_str());
+    // No new clients: those still in the accept queue are reset when the
+    // listener closes at exit.
+    if let Err(e) = epoll.delete(listener) {
+        eprintln!("cannot remove the listener from epoll: {e}");
+    }
+    println!("Closing {} connections...", conns.len());
+    // Bytes that arrived before the signal may still wait in the sockets:
+    // read them, so their requests are answered too (and nothing unread is left
+    // behind, which would make close() send a reset).
+    let mut stats = Stats::new();
+    let mut closing: Vec<RawFd> = conns.keys().copied().collect();
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    let mut events = vec![EpollEvent::empty(); args.max_events.max(1)];
+    let mut ready = EpollFlags::EPOLLIN;
+    while !closing.is_empty() {
+        closing.retain(|fd| {
+            let Some(conn) = conns.get_mut(fd) else {
+                return false;
+            };
+            let before = stats.requests;
+            let result = serve(conn, ready, &args.root, &mut stats)
+                .and_then(|_| update_interest(epoll, conn).map_err(io::Error::from));
+            totals.requests += stats.requests - before;
+            match result {
+                // Still writing: keep it for the next round.
+                Ok(()) if conn.has_pending_output() => true,
+                // Everything written: FIN after the last byte, then close.
+                Ok(()) => {
+                    let _ = conn.stream.shutdown(Shutdown::Write);
+                    conns.remove(fd);
+                    false
+                }
+                // Broken (reset by the client...): count it and close.
+                Err(e) => {
+                    eprintln!("{}: {e} while shutting down", conn.peer);
+                    totals.errors += 1;
+                    conns.remove(fd);
+                    false
+                }
+            }
+        });
+        if closing.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        // Sleep until some socket has room (EPOLLOUT is armed while output
+        // is pending), or the grace period ends.
+        match wait_for_events(epoll, &mut events, Some(deadline)) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                eprintln!("epoll_wait failed while shutting down: {e}");
+                break;
+            }
+        }
+        ready = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT;
+    }
+    if !conns.is_empty() {
+        eprintln!(
+            "{} clients did not take their responses in time",
+            conns.len()
+        );
+        totals.errors += conns.len() as u64;
+        conns.clear();
+    }
+    println!("All connections closed.");
+    println!(
+        "Final stats: {} requests served, {} errors",
+        totals.requests, totals.errors
+    );
+}
+
+/// The server: wait in epoll_wait() for any socket (or a signal) to be
+/// ready, serve the ready ones, repeat. Returns after a graceful shutdown,
+/// or with an error if epoll itself fails.
+fn event_loop(listener: &TcpListener, args: &Args) -> io::Result<()> {
+    let epoll = create_epoll()?;
+    register_listener(&epoll, listener)?;
+    let mut signals = open_signal_fd()?;
+    epoll.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
+    let mut totals = Totals::default();
+    let mut conns: HashMap<RawFd, Conn> = HashMap::new();
+    let mut events = vec![EpollEvent::empty(); args.max_events.max(1)];
+    let mut stats = Stats::new();
+    // The next report, once a second; never a wake-up without --stats.
+    let mut next_report = args.stats.then(|| Instant::now() + Duration::from_secs(1));
+    loop {
+        if let Some(at) = next_report {
+            if Instant::now() >= at {
+                let pending = conns.values().filter(|c| c.has_pending_output()).count();
+                stats.report(conns.len(), pending);
+                // On schedule, not "a second after this report": a late
+                // wake-up does not shift every later report. After a long
+                // stall, start the schedule again from now.
+                let mut next = at + Duration::from_secs(1);
+                if next <= Instant::now() {
+                    next = Instant::now() + Duration::from_secs(1);
+                }
+                next_report = Some(next);
+            }
+        }
+        let ready = match wait_for_events(&epoll, &mut events, next_report) {
+            Ok(n) => n,
+            // A signal arrived while we waited: just wait again.
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for event in &events[..ready] {
+            if event.data() == SIGNALS {
+                if let Some(signal) = read_signal(&mut signals) {
+                    shut_down(&epoll, listener, &mut conns, signal, &mut totals, args);
+                    return Ok(());
+                }
+                continue;
+            }
+            if event.data() == LISTENER {
+                accept_clients(&epoll, listener, &mut conns, args.max_clients);
+                continue;
+            }
+            let fd = event.data() as RawFd;
+            // Closed earlier in this same batch: nothing left to serve.
+            let Some(conn) = conns.get_mut(&fd) else {
+                continue;
+            };
+            let before = stats.requests;
+            let result = serve(conn, event.events(), &args.root, &mut stats);
+            totals.requests += stats.requests - before;
+            let result = result.and_then(|state| {
+                if let State::Open = state {
+                    update_interest(&epoll, conn)?;
+                }
+                Ok(state)
+            });
+            match result {
+                Ok(State::Open) => {}
+                Ok(State::Done) => {
+                    // Closing the fd (dropping the stream) also removes it
+                    // from the interest list: no epoll_ctl(DEL) needed.
+                    if let Some(conn) = conns.remove(&fd) {
+                        eprintln!("{}: closed ({} active)", conn.peer, conns.len());
+                    }
+                }
+                Err(e) => {
+                    totals.errors += 1;
+                    if let Some(conn) = conns.remove(&fd) {
+                        eprintln!("{}: {e}; closing ({} active)", conn.peer, conns.len());
+                    }
+                }
+            }
+        }
+    }
+}

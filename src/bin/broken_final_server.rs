@@ -1,0 +1,347 @@
+//! Deliberately broken servers for the w03-l19..l22 probes (partial writes,
+//! C10K, `--stats`, graceful shutdown), one per `--bug`. `--bug none` is a
+//! correct single-threaded edge-triggered epoll server that raises
+//! RLIMIT_NOFILE, listens with a backlog of 4,096, prints the stats lines
+//! with `--stats` and shuts down in order on SIGINT/SIGTERM (signalfd);
+//! every other bug differs from it by one thing.
+//!
+//! Speaks the course's command line (`--port`, `--host`, `listening on`),
+//! and accepts and ignores the lessons' other flags.
+
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+
+use clap::{Parser, ValueEnum};
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Bug {
+    /// No bug: EPOLLET, EPOLLOUT armed only while output is pending.
+    None,
+    /// Correct, mio's style: EPOLLIN|EPOLLOUT|EPOLLET registered once.
+    EtOutOnce,
+    /// Level-triggered with EPOLLOUT armed for good: spins while idle.
+    EpolloutAlwaysArmed,
+    /// Writes once per event and forgets what write() did not take.
+    DropPartialWrite,
+    /// Never raises RLIMIT_NOFILE: stuck at the soft limit it was given.
+    #[value(name = "cap-1024")]
+    Cap1024,
+    /// Keeps std's listen backlog of 128.
+    SmallBacklog,
+    /// With --stats, prints well-formed lines with fixed numbers.
+    FakeStats,
+    /// Ignores --stats: prints no stats lines.
+    NoStats,
+    /// On SIGINT/SIGTERM: prints the first line and exits at once, without
+    /// writing out pending echoes.
+    ExitOnSignal,
+    /// Shuts down in order but closes every socket with SO_LINGER 0 (RST).
+    ResetOnClose,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, value_enum)]
+    bug: Bug,
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long)]
+    max_clients: Option<usize>,
+    #[arg(long)]
+    max_frame: Option<usize>,
+    #[arg(long)]
+    max_events: Option<usize>,
+    #[arg(long)]
+    stats: bool,
+    /// Ignored: lets a test find exactly its own processes in /proc.
+    #[arg(long)]
+    tag: Option<String>,
+}
+
+const LISTENER: u64 = u64::MAX;
+const SIGNALS: u64 = u64::MAX - 1;
+
+/// Reads what arrived, writes out every pending echo (bounded), closes
+/// every connection (with a reset for `reset-on-close`), prints the rest.
+fn shut_down(epoll: &Epoll, conns: &mut HashMap<RawFd, Conn>, bug: Bug, mut total: u64) {
+    println!("Closing {} connections...", conns.len());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let mut events = vec![EpollEvent::empty(); 1024];
+    loop {
+        conns.retain(|_, conn| {
+            let alive = read_in(conn) && echo_and_flush(conn, bug, &mut total);
+            if alive && !conn.outbuf.is_empty() {
+                return true;
+            }
+            if bug == Bug::ResetOnClose {
+                let linger = nix::libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                let _ = nix::sys::socket::setsockopt(
+                    &conn.stream,
+                    nix::sys::socket::sockopt::Linger,
+                    &linger,
+                );
+            } else {
+                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+            }
+            false
+        });
+        if conns.is_empty() || std::time::Instant::now() >= deadline {
+            break;
+        }
+        let _ = epoll.wait(&mut events, EpollTimeout::from(10u16));
+    }
+    conns.clear();
+    println!("All connections closed.");
+    println!("Final stats: {total} requests served, 0 errors");
+}
+
+struct Conn {
+    stream: TcpStream,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    closed: bool,
+    out_armed: bool,
+}
+
+fn main() -> io::Result<()> {
+    let args = Args::parse();
+    if args.bug != Bug::Cap1024 {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
+    if args.bug != Bug::SmallBacklog {
+        // Linux lets listen() be called again to change the backlog.
+        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::new(4096)?)?;
+    }
+    listener.set_nonblocking(true)?;
+    println!("listening on {}", listener.local_addr()?);
+    let stats = args.stats && args.bug != Bug::NoStats;
+    epoll_loop(&listener, args.bug, stats)
+}
+
+/// Prints the two stats lines (fixed numbers for `fake-stats`).
+fn report(bug: Bug, active: usize, pending: usize, requests: u64, bytes: u64, secs: f64) {
+    let day = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        % 86_400;
+    let clock = format!("{:02}:{:02}:{:02}", day / 3600, day % 3600 / 60, day % 60);
+    if bug == Bug::FakeStats {
+        println!("[{clock}] Connections: 10 active, 0 pending");
+        println!("[{clock}] Requests: 1000/sec, Bytes: 1.0 MB/sec");
+        return;
+    }
+    let rate = (requests as f64 / secs).round() as u64;
+    let mb = bytes as f64 / secs / 1_000_000.0;
+    println!("[{clock}] Connections: {active} active, {pending} pending");
+    println!("[{clock}] Requests: {rate}/sec, Bytes: {mb:.1} MB/sec");
+}
+
+/// Reads until WouldBlock; false when the connection is broken.
+fn read_in(conn: &mut Conn) -> bool {
+    let mut chunk = [0u8; 16384];
+    loop {
+        match conn.stream.read(&mut chunk) {
+            Ok(0) => {
+                conn.closed = true;
+                return true;
+            }
+            Ok(n) => conn.inbuf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Moves whole frames to `outbuf` and writes what the socket takes.
+fn echo_and_flush(conn: &mut Conn, bug: Bug, requests: &mut u64) -> bool {
+    while conn.inbuf.len() >= 4 {
+        let len = u32::from_be_bytes([conn.inbuf[0], conn.inbuf[1], conn.inbuf[2], conn.inbuf[3]]);
+        let total = 4 + len as usize;
+        if conn.inbuf.len() < total {
+            break;
+        }
+        let frame: Vec<u8> = conn.inbuf.drain(..total).collect();
+        conn.outbuf.extend_from_slice(&frame);
+        *requests += 1;
+    }
+    if bug == Bug::DropPartialWrite {
+        let ok =
+            !matches!(conn.stream.write(&conn.outbuf), Err(e) if e.kind() != ErrorKind::WouldBlock);
+        conn.outbuf.clear();
+        return ok;
+    }
+    let mut written = 0;
+    let ok = loop {
+        if written == conn.outbuf.len() {
+            break true;
+        }
+        match conn.stream.write(&conn.outbuf[written..]) {
+            Ok(0) => break false,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break false,
+        }
+    };
+    conn.outbuf.drain(..written);
+    ok
+}
+
+fn epoll_loop(listener: &TcpListener, bug: Bug, stats: bool) -> io::Result<()> {
+    use std::time::{Duration, Instant};
+    let second = Duration::from_secs(1);
+    let mut next_report = stats.then(|| Instant::now() + second);
+    let (mut requests, mut bytes, mut since) = (0u64, 0u64, Instant::now());
+    // Frames echoed over the whole run, for the final stats line.
+    let mut total = 0u64;
+    let mut mask = nix::sys::signal::SigSet::empty();
+    mask.add(nix::sys::signal::Signal::SIGINT);
+    mask.add(nix::sys::signal::Signal::SIGTERM);
+    mask.thread_block()?;
+    let signals = nix::sys::signalfd::SignalFd::with_flags(
+        &mask,
+        nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+    )?;
+    let et = if bug == Bug::EpolloutAlwaysArmed {
+        EpollFlags::empty()
+    } else {
+        EpollFlags::EPOLLET
+    };
+    // The interest a client is registered with at accept time.
+    let first_interest = match bug {
+        Bug::EtOutOnce | Bug::EpolloutAlwaysArmed => {
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | et
+        }
+        _ => EpollFlags::EPOLLIN | et,
+    };
+    let modifies = !matches!(bug, Bug::EtOutOnce | Bug::EpolloutAlwaysArmed);
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(
+        listener,
+        EpollEvent::new(EpollFlags::EPOLLIN | et, LISTENER),
+    )?;
+    epoll.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
+    let mut conns: HashMap<RawFd, Conn> = HashMap::new();
+    let mut events = vec![EpollEvent::empty(); 1024];
+    loop {
+        if let Some(at) = next_report {
+            if Instant::now() >= at {
+                let pending = conns.values().filter(|c| !c.outbuf.is_empty()).count();
+                let secs = since.elapsed().as_secs_f64().max(0.001);
+                report(bug, conns.len(), pending, requests, bytes, secs);
+                total += requests;
+                (requests, bytes, since) = (0, 0, Instant::now());
+                next_report = Some((at + second).max(Instant::now()));
+            }
+        }
+        let timeout = match next_report {
+            None => EpollTimeout::NONE,
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                EpollTimeout::from(left.as_micros().div_ceil(1000).min(1000) as u16)
+            }
+        };
+        let n = match epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for event in &events[..n] {
+            if event.data() == SIGNALS {
+                if let Ok(Some(info)) = signals.read_signal() {
+                    let name = if info.ssi_signo == 2 {
+                        "SIGINT"
+                    } else {
+                        "SIGTERM"
+                    };
+                    println!("Received {name}, shutting down...");
+                    if bug == Bug::ExitOnSignal {
+                        std::process::exit(0);
+                    }
+                    shut_down(&epoll, &mut conns, bug, total + requests);
+                    return Ok(());
+                }
+                continue;
+            }
+            if event.data() == LISTENER {
+                loop {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            if stream.set_nonblocking(true).is_err() {
+                                continue;
+                            }
+                            let fd = stream.as_raw_fd();
+                            if epoll
+                                .add(&stream, EpollEvent::new(first_interest, fd as u64))
+                                .is_ok()
+                            {
+                                conns.insert(
+                                    fd,
+                                    Conn {
+                                        stream,
+                                        inbuf: Vec::new(),
+                                        outbuf: Vec::new(),
+                                        closed: false,
+                                        out_armed: false,
+                                    },
+                                );
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            eprintln!("accept failed: {e}");
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            let fd = event.data() as RawFd;
+            let Some(conn) = conns.get_mut(&fd) else {
+                continue;
+            };
+            let mut alive = true;
+            let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+            if event.events().intersects(readable) && !conn.closed {
+                let before = conn.inbuf.len();
+                alive = read_in(conn);
+                bytes += (conn.inbuf.len() - before) as u64;
+            }
+            alive = alive && echo_and_flush(conn, bug, &mut requests);
+            if alive && conn.closed && conn.outbuf.is_empty() {
+                alive = false;
+            }
+            if alive && modifies {
+                let want_out = !conn.outbuf.is_empty();
+                if want_out != conn.out_armed {
+                    let mut flags = EpollFlags::EPOLLIN | et;
+                    if want_out {
+                        flags |= EpollFlags::EPOLLOUT;
+                    }
+                    alive = epoll
+                        .modify(&conn.stream, &mut EpollEvent::new(flags, fd as u64))
+                        .is_ok();
+                    conn.out_armed = want_out;
+                }
+            }
+            if !alive {
+                conns.remove(&fd);
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! w04-l24..l26: the `loops` probe (N event loops across cores), the
+//! `http` and `http_load` probes (and siege) and the `broadcast` probe,
+//! against the solution, the stub and broken production servers
+//! (src/bin/broken_production_server.rs).
+
+use crate::support::*;
+
+const FIXTURE: &str = "broken_production_server";
+
+#[test]
+fn w04_l24_solution_passes_with_its_proof_lines() {
+    lesson_solution_passes(
+        "w04-l24",
+        &[
+            "loops: --threads 2:",
+            "every loop busy under load (each at least 12.5 % of the server's CPU)",
+            "loops: throughput in the same run, 64 connections for 3000 ms each: 1 loop ",
+            "stress run 1/1: 50 clients, 5000 frames, 0 failures",
+        ],
+    );
+}
+
+#[test]
+fn w04_l24_stub_fails_at_the_loops_step() {
+    lesson_stub_fails_at("w04-l24", "loops");
+}
+
+#[test]
+fn a_correct_multi_loop_server_passes_w04_l24() {
+    track_fixture_passes(FIXTURE, "w04-l24", "none");
+}
+
+#[test]
+fn one_thread_serving_every_listener_fails_the_loops_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l24",
+        "one-loop-does-all",
+        "loops",
+        &[
+            "of the 2 busiest threads used at least 12.5 % of the server's CPU",
+            "one loop does all the work",
+            "CPU per thread from /proc/",
+        ],
+    );
+}
+
+#[test]
+fn w04_l25_solution_passes_with_its_seed_report_figures() {
+    lesson_solution_passes(
+        "w04-l25",
+        &[
+            "http: 11 cases: GET and HEAD with Content-Length and Content-Type",
+            "Availability:            100.00 %",
+            "Longest transaction:",
+            "http_load: 25 keep-alive users for 5000 ms:",
+            "availability 100.00 %, 0 failed",
+            "http_load: server RSS ",
+        ],
+    );
+}
+
+#[test]
+fn w04_l25_stub_fails_at_the_http_step() {
+    lesson_stub_fails_at("w04-l25", "http");
+}
+
+#[test]
+fn a_correct_http_server_passes_w04_l25() {
+    track_fixture_passes(FIXTURE, "w04-l25", "none");
+}
+
+#[test]
+fn closing_after_every_response_fails_the_http_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "keepalive-broken",
+        "http",
+        &[
+            "the server closed the connection without a response",
+            "keep the connection open after each response",
+        ],
+    );
+}
+
+#[test]
+fn responses_without_content_length_fail_the_http_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "no-content-length",
+        "http",
+        &[
+            "a response without Content-Length",
+            "every response needs `Content-Length: <body bytes>`",
+        ],
+    );
+}
+
+/// The lesson's Verify section: siege in benchmark mode, 25 users, against
+/// the reference solution. Fails (never skips) when siege is missing.
+#[test]
+fn siege_reports_full_availability_against_the_w04_l25_solution() {
+    use std::io::BufRead;
+    let which = std::process::Command::new("sh")
+        .args(["-c", "command -v siege"])
+        .output()
+        .expect("sh runs");
+    assert!(
+        which.status.success(),
+        "siege is required (test.sh installs it: apt-get install -y siege)"
+    );
+    let built = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "-q", "-p", "w04-l25-solution"])
+        .current_dir(workspace_root())
+        .status()
+        .expect("cargo runs");
+    assert!(built.success(), "building w04-l25-solution failed");
+    let root = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(
+        root.path().join("index.html"),
+        "<h1>siege</h1>\n".repeat(50),
+    )
+    .expect("index.html written");
+    let binary = workspace_root().join("target/release/w04-l25-solution");
+    let mut server = std::process::Command::new(&binary)
+        .args(["--port", "0", "--root"])
+        .arg(root.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the solution starts");
+    let mut first = String::new();
+    let stdout = server.stdout.take().expect("piped stdout");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("a listening line");
+    let addr = first.trim().trim_start_matches("listening on ").to_string();
+    let url = format!("http://{addr}/index.html");
+    // -r (repetitions per user) rather than -t: some siege 4.0 builds hang
+    // at the end of a -t run.
+    let output = std::process::Command::new("timeout")
+        .args(["120", "siege", "-b", "-c", "25", "-r", "200", &url])
+        .output()
+        .expect("siege runs");
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figure = |name: &str| -> Option<f64> {
+        let re = regex::Regex::new(&format!(r#"(?i)"?{name}"?:\s*([0-9.]+)"#)).unwrap();
+        re.captures(&text)?.get(1)?.as_str().parse().ok()
+    };
+    assert_eq!(
+        figure("availability"),
+        Some(100.0),
+        "siege availability not 100 %:\n{text}"
+    );
+    assert_eq!(
+        figure("failed[_ ]transactions"),
+        Some(0.0),
+        "siege saw failed transactions:\n{text}"
+    );
+    assert_eq!(
+        figure("transactions"),
+        Some(5000.0),
+        "siege did not complete 25 x 200 transactions:\n{text}"
+    );
+}
+
+#[test]
+fn w04_l26_solution_passes_every_tier_and_drops_the_slow_subscriber() {
+    lesson_solution_passes(
+        "w04-l26",
+        &[
+            "broadcast: 500 subscribers: connection success 100.0 % (500/500), delivery 100.0 % (4990/4990 codes), none back to the sender",
+            "the other got every byte, the stalled one was disconnected",
+        ],
+    );
+}
+
+#[test]
+fn w04_l26_stub_fails_at_the_broadcast_step() {
+    lesson_stub_fails_at("w04-l26", "broadcast");
+}
+
+#[test]
+fn a_correct_broadcast_server_passes_w04_l26() {
+    track_fixture_passes(FIXTURE, "w04-l26", "broadcast-none");
+}
+
+#[test]
+fn a_blocking_write_to_a_slow_subscriber_fails_the_broadcast_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l26",
+        "slow-subscriber-stalls",
+        "broadcast",
+        &[
+            "a reading subscriber got only",
+            "one subscriber that never reads stalled the others",
+        ],
+    );
+}
+
+#[test]
+fn sending_a_frame_back_to_its_sender_fails_the_broadcast_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l26",
+        "echo-to-sender",
+        "broadcast",
+        &["the publisher received", "skip the sender's own connection"],
+    );
+}

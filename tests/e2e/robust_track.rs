@@ -1,0 +1,260 @@
+//! The robustness lessons, w02-l12..: each solution passes, each stub fails
+//! at its lesson's own step, and each probe fails a poll server with exactly
+//! the bug it exists to catch (`broken_robust_server --bug ...`).
+
+use crate::support::*;
+
+/// `--exec` for a broken robust server, tagged for `assert_nothing_left`.
+fn robust_fixture(bug: &str, tag: &str) -> String {
+    format!(
+        "{} --bug {bug} --tag {tag}",
+        tool("broken_robust_server").display()
+    )
+}
+
+/// Runs `lesson` against the fixture with `bug`; asserts it fails at `step`
+/// with every one of `expected` in the output, and leaves nothing behind.
+fn fixture_fails_at(lesson: &str, bug: &str, step: &str, expected: &[&str]) {
+    let tag = format!("robust-track-{lesson}-{bug}");
+    let exec = robust_fixture(bug, &tag);
+    let (output, stdout) = run_checker(&[lesson, "--exec", &exec, "--seed", "7"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    let failed_at = format!("FAILED {lesson} at step `{step}`");
+    assert!(
+        stdout.contains(&failed_at),
+        "missing `{failed_at}` in:\n{stdout}"
+    );
+    for text in expected {
+        assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
+    }
+    assert!(!stdout.contains("result: PASS"), "{stdout}");
+    assert_nothing_left(&tag);
+}
+
+fn fixture_passes(lesson: &str) {
+    fixture_passes_as(lesson, "none");
+}
+
+/// `lesson` passes against the fixture in mode `bug` (a correct one).
+fn fixture_passes_as(lesson: &str, bug: &str) {
+    let tag = format!("robust-track-{lesson}-{bug}");
+    let (output, stdout) = run_checker(&[lesson, "--exec", &robust_fixture(bug, &tag)]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert!(
+        stdout.contains(&format!("result: PASS {lesson}")),
+        "{stdout}"
+    );
+    assert_nothing_left(&tag);
+}
+
+fn solution_passes(lesson: &str, proof_lines: &[&str]) {
+    let (output, stdout) = run_checker(&[lesson, "--solution", "--seed", "7"]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert!(
+        stdout.contains(&format!("result: PASS {lesson}")),
+        "{stdout}"
+    );
+    for line in proof_lines {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+}
+
+fn stub_fails_at(lesson: &str, step: &str) {
+    let (output, stdout) = run_checker(&[lesson, "--seed", "7"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    let failed_at = format!("FAILED {lesson} at step `{step}`");
+    assert!(
+        stdout.contains(&failed_at),
+        "missing `{failed_at}` in:\n{stdout}"
+    );
+}
+
+#[test]
+fn w02_l12_solution_passes_with_bounded_rss_proof() {
+    solution_passes(
+        "w02-l12",
+        &[
+            "backpressure: 64 MiB echoed in order to a client reading after 3000 ms, server RSS grew under 32 MiB",
+            "process: 1 thread(s), 0 child processes",
+        ],
+    );
+}
+
+#[test]
+fn w02_l12_stub_fails_the_backpressure_probe() {
+    stub_fails_at("w02-l12", "backpressure");
+}
+
+#[test]
+fn a_correct_robust_server_passes_w02_l12() {
+    fixture_passes("w02-l12");
+}
+
+#[test]
+fn backpressure_probe_fails_a_server_that_buffers_without_bound() {
+    fixture_fails_at(
+        "w02-l12",
+        "no-backpressure",
+        "backpressure",
+        &[
+            "the server's RSS grew by",
+            "leave POLLIN out of its interest",
+        ],
+    );
+}
+
+#[test]
+fn backpressure_probe_fails_a_server_that_never_resumes_reading() {
+    fixture_fails_at(
+        "w02-l12",
+        "never-resume",
+        "backpressure",
+        &["the echo stopped coming", "resume reading"],
+    );
+}
+
+#[test]
+fn w02_l13_solution_passes_with_bad_input_proof() {
+    solution_passes(
+        "w02-l13",
+        &[
+            "bad_input: oversize and garbage closed and logged, 20 idle connects survived, a well-behaved client echoed 5 of 5",
+            "process: 1 thread(s), 0 child processes",
+        ],
+    );
+}
+
+#[test]
+fn w02_l13_stub_fails_the_bad_input_probe() {
+    stub_fails_at("w02-l13", "bad_input");
+}
+
+#[test]
+fn a_correct_robust_server_passes_w02_l13() {
+    fixture_passes("w02-l13");
+}
+
+#[test]
+fn bad_input_probe_fails_a_server_that_dies_on_an_oversize_header() {
+    fixture_fails_at(
+        "w02-l13",
+        "die-on-bad-input",
+        "bad_input",
+        &[
+            "the server died after the oversize client",
+            "never end the server",
+        ],
+    );
+}
+
+#[test]
+fn bad_input_probe_fails_a_server_that_closes_bad_clients_silently() {
+    fixture_fails_at(
+        "w02-l13",
+        "silent-close",
+        "bad_input",
+        &[
+            "oversize: the connection was closed, but nothing was written to stderr",
+            "worth a log line",
+        ],
+    );
+}
+
+#[test]
+fn w02_l14_solution_passes_with_idle_timeout_proof() {
+    solution_passes(
+        "w02-l14",
+        &[
+            "idle_timeout: --idle-timeout 2: 4 idle clients closed 1500-4000 ms after their last traffic",
+            "process: 1 thread(s), 0 child processes",
+        ],
+    );
+}
+
+#[test]
+fn w02_l14_stub_fails_the_idle_timeout_probe() {
+    stub_fails_at("w02-l14", "idle_timeout");
+}
+
+#[test]
+fn a_correct_robust_server_passes_w02_l14() {
+    fixture_passes("w02-l14");
+}
+
+#[test]
+fn idle_timeout_probe_fails_a_server_that_never_closes_idle_clients() {
+    fixture_fails_at(
+        "w02-l14",
+        "no-idle-timeout",
+        "idle_timeout",
+        &["was still open", "poll() must wake at the nearest deadline"],
+    );
+}
+
+#[test]
+fn idle_timeout_probe_fails_a_server_that_closes_active_clients() {
+    fixture_fails_at(
+        "w02-l14",
+        "timeout-from-connect",
+        "idle_timeout",
+        &["active client, frame", "not from its connect"],
+    );
+}
+
+#[test]
+fn idle_timeout_probe_fails_a_server_that_busy_waits_for_deadlines() {
+    fixture_fails_at(
+        "w02-l14",
+        "busy-wait-deadline",
+        "idle_timeout",
+        &["ms of CPU in", "never 0"],
+    );
+}
+
+#[test]
+fn w02_l15_solution_passes_against_all_three_servers() {
+    solution_passes(
+        "w02-l15",
+        &["client: 20 clients x 50 frames verified against a correct server, a corrupted frame named, 5 refused connects retried"],
+    );
+}
+
+#[test]
+fn w02_l15_stub_fails_the_client_probe() {
+    stub_fails_at("w02-l15", "client");
+}
+
+#[test]
+fn a_correct_fixture_client_passes_w02_l15() {
+    fixture_passes_as("w02-l15", "client");
+}
+
+#[test]
+fn client_probe_fails_a_client_that_never_compares_echoes() {
+    fixture_fails_at(
+        "w02-l15",
+        "client-counts-only",
+        "client",
+        &["it exited 0 (success)", "compare every echoed byte"],
+    );
+}
+
+#[test]
+fn client_probe_fails_a_client_that_names_the_wrong_frame() {
+    fixture_fails_at(
+        "w02-l15",
+        "client-wrong-frame",
+        "client",
+        &["no line names client", "naming the client and frame"],
+    );
+}
+
+#[test]
+fn client_probe_fails_a_client_that_does_not_retry_refused_connects() {
+    fixture_fails_at(
+        "w02-l15",
+        "client-no-retry",
+        "client",
+        &["closed the first 5 connections at once", "connect again"],
+    );
+}
