@@ -74,6 +74,8 @@ impl TempCourse {
     fn checker(&self, args: &[&str]) -> (i32, String) {
         let output = checker()
             .current_dir(self.path())
+            // This course's own progress file, beside its course.yaml.
+            .env_remove("CHECKER_STATE_DIR")
             // Reuse the workspace's compiled dependencies.
             .env("CARGO_TARGET_DIR", student_target_dir())
             .args(args)
@@ -199,6 +201,7 @@ fn reset_without_yes_asks_and_does_nothing_on_no() {
     std::fs::write(&main, "// mine\n").unwrap();
     let output = checker()
         .current_dir(course.path())
+        .env_remove("CHECKER_STATE_DIR")
         .args(["reset", "w01-l01"])
         .write_stdin("n\n")
         .output()

@@ -49,8 +49,17 @@ pub fn machine_shared() -> Option<std::sync::RwLockReadGuard<'static, ()>> {
 
 pub fn checker() -> Command {
     let mut command = Command::new(tool("checker"));
-    command.current_dir(workspace_root()).timeout(HANG_GUARD);
     command
+        .current_dir(workspace_root())
+        .timeout(HANG_GUARD)
+        // Runs of lessons/<id> record progress: keep it out of the checkout.
+        .env("CHECKER_STATE_DIR", test_state_dir());
+    command
+}
+
+/// Where the tests' checker runs keep their progress file.
+pub fn test_state_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("checker-test-state-{}", std::process::id()))
 }
 
 /// `checker <args>` to completion; returns its output and stdout text.
