@@ -53,6 +53,7 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
     }
 
     let mut ctx = Ctx {
+        course: request.course,
         lesson,
         subject: request.subject.clone(),
         binary: None,

@@ -4,69 +4,16 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{echo_frames, TestServer};
 
 use stress::frame::{self, FrameDecoder, DEFAULT_MAX_FRAME};
 use stress::{run_stress, run_stress_with_progress, FailureKind, StressConfig, StressReport};
-
-/// A listener on an ephemeral port whose accept loop hands each connection
-/// (with its index, from 0) to `handle` on a new thread. Dropping it stops
-/// accepting.
-struct TestServer {
-    addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl TestServer {
-    fn start(handle: impl Fn(usize, TcpStream) + Send + Sync + 'static) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a test server");
-        let addr = listener.local_addr().expect("test server address");
-        let stopping = Arc::new(AtomicBool::new(false));
-        let handle = Arc::new(handle);
-        let acceptor = {
-            let stopping = Arc::clone(&stopping);
-            thread::spawn(move || {
-                for (index, stream) in listener.incoming().enumerate() {
-                    if stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let handle = Arc::clone(&handle);
-                    thread::spawn(move || handle(index, stream));
-                }
-            })
-        };
-        TestServer {
-            addr,
-            stopping,
-            acceptor: Some(acceptor),
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-    }
-}
-
-/// A correct thread-per-connection echo server, frame by frame.
-fn echo_frames(_: usize, mut stream: TcpStream) {
-    while let Ok(Some(payload)) = frame::read_frame(&mut stream, DEFAULT_MAX_FRAME) {
-        if frame::write_frame(&mut stream, &payload).is_err() {
-            return;
-        }
-    }
-}
 
 /// Reads frames as a non-blocking server would: whatever arrived, then
 /// every whole frame in it. `on_frames` gets the frames of one read and

@@ -6,69 +6,14 @@
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use stress::frame::{self, DEFAULT_MAX_FRAME};
+mod common;
+use common::{echo_frames, TestServer};
+
 use stress::load::LoadProgress;
 use stress::{run_load, run_load_with_progress, LoadConfig, LoadReport, LoadStop};
-
-/// A listener on an ephemeral port handing each accepted connection (with
-/// its index, from 0) to `handle` on its own thread. Dropping it stops
-/// accepting.
-struct TestServer {
-    addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl TestServer {
-    fn start(handle: impl Fn(usize, TcpStream) + Send + Sync + 'static) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a test server");
-        let addr = listener.local_addr().expect("test server address");
-        let stopping = Arc::new(AtomicBool::new(false));
-        let handle = Arc::new(handle);
-        let acceptor = {
-            let stopping = Arc::clone(&stopping);
-            thread::spawn(move || {
-                for (index, stream) in listener.incoming().enumerate() {
-                    if stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let handle = Arc::clone(&handle);
-                    thread::spawn(move || handle(index, stream));
-                }
-            })
-        };
-        TestServer {
-            addr,
-            stopping,
-            acceptor: Some(acceptor),
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-    }
-}
-
-/// A correct echo server, frame by frame.
-fn echo_frames(_: usize, mut stream: TcpStream) {
-    while let Ok(Some(payload)) = frame::read_frame(&mut stream, DEFAULT_MAX_FRAME) {
-        if frame::write_frame(&mut stream, &payload).is_err() {
-            return;
-        }
-    }
-}
 
 /// Echoes frames, but flips one payload byte of every `every`-th frame on
 /// each connection (frames counted from 1, the warm-up included).

@@ -16,44 +16,18 @@ fn blocking_fixture(bug: &str, tag: &str) -> String {
 /// Runs `lesson` against the fixture with `bug`; asserts it fails at `step`
 /// with every one of `expected` in the output, and leaves nothing behind.
 fn fixture_fails_at(lesson: &str, bug: &str, step: &str, expected: &[&str]) {
-    let tag = format!("blocking-track-{lesson}-{bug}");
-    let exec = blocking_fixture(bug, &tag);
-    let (output, stdout) = run_checker(&[lesson, "--exec", &exec, "--seed", "7"]);
-    assert_eq!(exit_code(&output), 1, "{stdout}");
-    let failed_at = format!("FAILED {lesson} at step `{step}`");
-    assert!(
-        stdout.contains(&failed_at),
-        "missing `{failed_at}` in:\n{stdout}"
-    );
-    for text in expected {
-        assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
-    }
-    assert!(!stdout.contains("result: PASS"), "{stdout}");
-    assert_nothing_left(&tag);
+    track_fixture_fails_at("broken_blocking_server", lesson, bug, step, expected);
 }
 
 /// The solution passes and prints `proof_lines`. Exit 0 also means its
 /// proof block matched every one of the lesson's `proof.regex_patterns`:
 /// a pass whose proof does not grade is a course bug, exit 2.
 fn solution_passes_and_grades(lesson: &str, proof_lines: &[&str]) {
-    let (output, stdout) = run_checker(&[lesson, "--solution", "--seed", "7"]);
-    assert_eq!(exit_code(&output), 0, "{stdout}");
-    assert!(
-        stdout.contains(&format!("result: PASS {lesson}")),
-        "{stdout}"
-    );
-    for line in proof_lines {
-        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
-    }
+    lesson_solution_passes(lesson, proof_lines);
 }
 
 fn stub_fails_at_its_todo(lesson: &str) {
-    let (output, stdout) = run_checker(&[lesson, "--seed", "7"]);
-    assert_eq!(exit_code(&output), 1, "{stdout}");
-    assert!(
-        stdout.contains(&format!("FAILED {lesson} at step `start`")),
-        "{stdout}"
-    );
+    let stdout = lesson_stub_fails_at(lesson, "start");
     assert!(stdout.contains("a `todo!()` of the stub"), "{stdout}");
 }
 

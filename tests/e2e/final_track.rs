@@ -20,16 +20,7 @@ fn c10k_alone() -> Alone {
 /// Runs `lesson` against the fixture with `bug`; returns the stdout of a
 /// run that must fail (exit 1) at `step`.
 fn fixture_fails_at(lesson: &str, bug: &str, step: &str) -> String {
-    let tag = format!("final-track-{lesson}-{bug}");
-    let exec = final_fixture(bug, &tag);
-    let (output, stdout) = run_checker(&[lesson, "--exec", &exec, "--seed", "7"]);
-    assert_eq!(exit_code(&output), 1, "{stdout}");
-    assert!(
-        stdout.contains(&format!("FAILED {lesson} at step `{step}`")),
-        "{bug} should fail {lesson} at `{step}`:\n{stdout}"
-    );
-    assert_nothing_left(&tag);
-    stdout
+    track_fixture_fails_at("broken_final_server", lesson, bug, step, &[])
 }
 
 /// Runs `lesson` against the fixture with `bug`, which must pass.

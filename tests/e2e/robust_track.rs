@@ -15,20 +15,7 @@ fn robust_fixture(bug: &str, tag: &str) -> String {
 /// Runs `lesson` against the fixture with `bug`; asserts it fails at `step`
 /// with every one of `expected` in the output, and leaves nothing behind.
 fn fixture_fails_at(lesson: &str, bug: &str, step: &str, expected: &[&str]) {
-    let tag = format!("robust-track-{lesson}-{bug}");
-    let exec = robust_fixture(bug, &tag);
-    let (output, stdout) = run_checker(&[lesson, "--exec", &exec, "--seed", "7"]);
-    assert_eq!(exit_code(&output), 1, "{stdout}");
-    let failed_at = format!("FAILED {lesson} at step `{step}`");
-    assert!(
-        stdout.contains(&failed_at),
-        "missing `{failed_at}` in:\n{stdout}"
-    );
-    for text in expected {
-        assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
-    }
-    assert!(!stdout.contains("result: PASS"), "{stdout}");
-    assert_nothing_left(&tag);
+    track_fixture_fails_at("broken_robust_server", lesson, bug, step, expected);
 }
 
 fn fixture_passes(lesson: &str) {
@@ -48,25 +35,11 @@ fn fixture_passes_as(lesson: &str, bug: &str) {
 }
 
 fn solution_passes(lesson: &str, proof_lines: &[&str]) {
-    let (output, stdout) = run_checker(&[lesson, "--solution", "--seed", "7"]);
-    assert_eq!(exit_code(&output), 0, "{stdout}");
-    assert!(
-        stdout.contains(&format!("result: PASS {lesson}")),
-        "{stdout}"
-    );
-    for line in proof_lines {
-        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
-    }
+    lesson_solution_passes(lesson, proof_lines);
 }
 
 fn stub_fails_at(lesson: &str, step: &str) {
-    let (output, stdout) = run_checker(&[lesson, "--seed", "7"]);
-    assert_eq!(exit_code(&output), 1, "{stdout}");
-    let failed_at = format!("FAILED {lesson} at step `{step}`");
-    assert!(
-        stdout.contains(&failed_at),
-        "missing `{failed_at}` in:\n{stdout}"
-    );
+    lesson_stub_fails_at(lesson, step);
 }
 
 #[test]

@@ -149,8 +149,8 @@ pub fn lesson_solution_passes(lesson: &str, proof_lines: &[&str]) {
     }
 }
 
-/// `checker <lesson>` on the untouched stub fails at `step`.
-pub fn lesson_stub_fails_at(lesson: &str, step: &str) {
+/// `checker <lesson>` on the untouched stub fails at `step`; returns the output.
+pub fn lesson_stub_fails_at(lesson: &str, step: &str) -> String {
     let (output, stdout) = run_checker(&[lesson, "--seed", "7"]);
     assert_eq!(exit_code(&output), 1, "{stdout}");
     let failed_at = format!("FAILED {lesson} at step `{step}`");
@@ -158,6 +158,7 @@ pub fn lesson_stub_fails_at(lesson: &str, step: &str) {
         stdout.contains(&failed_at),
         "missing `{failed_at}` in:\n{stdout}"
     );
+    stdout
 }
 
 /// course.yaml with absolute crate paths, so a copy of it elsewhere (edited

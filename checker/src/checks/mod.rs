@@ -165,6 +165,9 @@ pub enum Subject {
 
 /// Everything a step needs: the lesson, the subject, the seed, the transcript.
 pub struct Ctx<'a> {
+    /// The whole course (a step may need another crate of it, e.g. `perf`
+    /// measures the lesson's reference solution beside the checked server).
+    pub course: &'a crate::course::Course,
     pub lesson: &'a Lesson,
     pub subject: Subject,
     /// The built binary, once the build step has run.

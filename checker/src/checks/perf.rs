@@ -20,7 +20,6 @@
 //! proof. The generator's and the server's CPU time per request are logged,
 //! so a reader can see which side was the bottleneck.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -90,7 +89,7 @@ impl Check for Perf {
 
     fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome> {
         let runs = self.runs.max(2);
-        let reference_dir = reference_dir(&ctx.lesson.solution)?;
+        let reference_dir = ctx.course.solution_dir(ctx.lesson);
         ctx.log.detail(format!(
             "building the reference solution {}",
             reference_dir.display()
@@ -301,24 +300,4 @@ fn best_rate(runs: &[LoadReport]) -> f64 {
     runs.iter()
         .map(LoadReport::requests_per_sec)
         .fold(0.0, f64::max)
-}
-
-/// The reference solution's crate: `solution` is relative to course.yaml,
-/// which is the one the checker was given (`--course FILE`) or found.
-fn reference_dir(solution: &Path) -> Result<PathBuf> {
-    let args: Vec<String> = std::env::args().collect();
-    let explicit = args
-        .windows(2)
-        .find(|w| w[0] == "--course")
-        .map(|w| PathBuf::from(&w[1]))
-        .or_else(|| {
-            args.iter()
-                .find_map(|a| a.strip_prefix("--course=").map(PathBuf::from))
-        });
-    let course_file = crate::course::locate(explicit.as_deref())?;
-    let root = course_file
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    Ok(root.join(solution))
 }
