@@ -163,6 +163,19 @@ impl Check for SlowReader {
                 )),
                 got,
             ),
+            // A close with unread bytes in the server's buffer arrives as a
+            // reset instead of EOF: to the student it is the same mistake.
+            Echoed::Failed(got, err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                (
+                    Some("the server closed the connection before echoing everything".to_string()),
+                    got,
+                )
+            }
             Echoed::Failed(got, err) => (Some(format!("reading the echo failed: {err}")), got),
         };
         if let Some(what) = what {

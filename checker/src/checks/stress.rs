@@ -99,6 +99,12 @@ impl Check for Stress {
                 running.store(false, Ordering::SeqCst);
                 report
             });
+            if gone.load(Ordering::SeqCst) {
+                // A killed process shows as a zombie while its threads and
+                // memory are still being torn down: wait (bounded) until it
+                // can be reaped, so the verdict names the death.
+                server.wait_exit(Duration::from_secs(5));
+            }
             let seconds = report.elapsed.as_secs_f64();
             total_seconds += seconds;
             let line = format!(
