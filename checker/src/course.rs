@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::checks::Step;
+use crate::checks::{Step, StepKind};
 
 /// The file as written; see `Course` for the checked form.
 #[derive(Debug, Deserialize)]
@@ -296,11 +296,22 @@ fn check_sound(course: &Course) -> Result<()> {
         if lesson.hints.is_empty() {
             bail!("{}: needs at least one hint", at("hints"));
         }
-        if !matches!(lesson.verify.first(), Some(Step::Build(_))) {
+        if !matches!(lesson.verify.first(), Some(step) if matches!(step.kind, StepKind::Build(_))) {
             bail!("{}: must start with `build`", at("verify"));
         }
         if lesson.verify.len() < 2 {
             bail!("{}: needs at least one step after `build`", at("verify"));
+        }
+        for (i, step) in lesson.verify.iter().enumerate() {
+            for &number in &step.hints {
+                if number == 0 || number > lesson.hints.len() {
+                    bail!(
+                        "{}: hint {number} does not exist; the lesson has hints 1 to {}",
+                        at(&format!("verify[{i}].hint")),
+                        lesson.hints.len()
+                    );
+                }
+            }
         }
     }
     Ok(())

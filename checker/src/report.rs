@@ -49,6 +49,19 @@ pub struct StepOutcome {
     /// Evidence quoted on failure: excerpts, the server's output.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<String>,
+    /// The lesson's hints that apply to this failure (course.yaml's `hint:`
+    /// beside the step).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hints: Vec<HintNote>,
+}
+
+/// One of the lesson's hints, quoted where a step fails.
+#[derive(Debug, Clone, Serialize)]
+pub struct HintNote {
+    /// Numbered from 1, as `checker hint` numbers them.
+    pub number: usize,
+    pub of: usize,
+    pub text: String,
 }
 
 impl StepOutcome {
@@ -69,6 +82,7 @@ impl StepOutcome {
             figures: Vec::new(),
             proof: Vec::new(),
             evidence: Vec::new(),
+            hints: Vec::new(),
         }
     }
     pub fn cause(mut self, cause: impl Into<String>) -> Self {
@@ -101,6 +115,8 @@ struct StepRecord {
     cause: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     evidence: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hints: Vec<HintNote>,
 }
 
 fn figures_as_map<S: serde::Serializer>(
@@ -197,6 +213,12 @@ impl Transcript {
             if let Some(cause) = &outcome.cause {
                 self.say(format!("      likely cause: {cause}"));
             }
+            for hint in &outcome.hints {
+                self.say(format!(
+                    "      hint {}/{}: {}",
+                    hint.number, hint.of, hint.text
+                ));
+            }
             if outcome
                 .evidence
                 .iter()
@@ -216,6 +238,7 @@ impl Transcript {
             figures: outcome.figures.clone(),
             cause: outcome.cause.clone(),
             evidence: outcome.evidence.clone(),
+            hints: outcome.hints.clone(),
         });
     }
 
@@ -229,6 +252,7 @@ impl Transcript {
             figures: Vec::new(),
             cause: None,
             evidence: Vec::new(),
+            hints: Vec::new(),
         });
     }
 

@@ -7,7 +7,7 @@ use crate::checks::{Ctx, Subject};
 use crate::course::{Course, Lesson};
 use crate::hashing;
 use crate::proof::{self, ProofBlock};
-use crate::report::{Format, RunSummary, Status, Transcript};
+use crate::report::{Format, HintNote, RunSummary, Status, Transcript};
 
 pub struct RunRequest<'a> {
     pub course: &'a Course,
@@ -25,6 +25,8 @@ pub struct RunRequest<'a> {
 pub struct RunResult {
     pub passed: bool,
     pub failed_step: Option<String>,
+    /// The failed step's position in the lesson's `verify` list.
+    pub failed_index: Option<usize>,
     pub block: ProofBlock,
     /// The text transcript, when the request asked to capture it.
     pub transcript: Option<String>,
@@ -62,6 +64,7 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
     };
     let mut proof_lines = Vec::new();
     let mut failed_step: Option<String> = None;
+    let mut failed_index: Option<usize> = None;
     for (index, step) in lesson.verify.iter().enumerate() {
         if failed_step.is_some() {
             ctx.log.skipped(step.name());
@@ -69,11 +72,15 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
         }
         ctx.log.begin_step(step.name(), &step.summary());
         ctx.seed = step_seed(seed, index);
-        let outcome = step.run(&mut ctx)?;
+        let mut outcome = step.run(&mut ctx)?;
+        if outcome.status == Status::Fail {
+            outcome.hints = hint_notes(lesson, &step.hints);
+        }
         ctx.log.end_step(&outcome);
         proof_lines.extend(outcome.proof.iter().cloned());
         if outcome.status == Status::Fail {
             failed_step = Some(step.name().to_string());
+            failed_index = Some(index);
         }
     }
     let passed = failed_step.is_none();
@@ -122,9 +129,25 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
     Ok(RunResult {
         passed,
         failed_step,
+        failed_index,
         block,
         transcript,
     })
+}
+
+/// The hints a failing step points at, quoted from the lesson.
+fn hint_notes(lesson: &Lesson, numbers: &[usize]) -> Vec<HintNote> {
+    numbers
+        .iter()
+        .filter_map(|&number| {
+            let text = lesson.hints.get(number.checked_sub(1)?)?;
+            Some(HintNote {
+                number,
+                of: lesson.hints.len(),
+                text: text.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The source hash the proof carries, computed after the build (which may

@@ -82,6 +82,13 @@ pub fn validate(
                 lesson.id
             ));
             "BAD-PROOF"
+        } else if stub_failure_names_no_hint(lesson, &stub) {
+            problems.push(format!(
+                "{}: the stub fails at step `{}`, which names no hint: add `hint: N` beside it in course.yaml, so a student failing there is pointed at the hint that applies",
+                lesson.id,
+                stub.failed_step.as_deref().unwrap_or("?")
+            ));
+            "NO-HINT"
         } else {
             "fails"
         };
@@ -112,6 +119,14 @@ pub fn validate(
         }
         Ok(EXIT_FAIL)
     }
+}
+
+/// Where the stub fails is where every new student fails first: that step
+/// must point at a hint.
+fn stub_failure_names_no_hint(lesson: &Lesson, stub: &run::RunResult) -> bool {
+    stub.failed_index
+        .and_then(|i| lesson.verify.get(i))
+        .is_some_and(|step| step.hints.is_empty())
 }
 
 fn run_quietly(

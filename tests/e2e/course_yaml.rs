@@ -69,6 +69,35 @@ fn a_proof_regex_that_does_not_compile_is_rejected_at_load() {
 }
 
 #[test]
+fn a_hint_number_past_the_lessons_hints_is_rejected() {
+    let yaml = real_course().replace(
+        "runs: 3}\n        hint: 1\n",
+        "runs: 3}\n        hint: [1, 9]\n",
+    );
+    assert_ne!(yaml, real_course(), "the test's edit must apply");
+    let (code, stderr) = checker_with_course(&yaml, "w02-l16");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("lesson w02-l16, field `verify[2].hint`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint 9 does not exist"), "{stderr}");
+}
+
+#[test]
+fn a_hint_that_is_not_a_number_names_the_field() {
+    let yaml = real_course().replace(
+        "runs: 3}\n        hint: 1\n",
+        "runs: 3}\n        hint: ladder\n",
+    );
+    assert_ne!(yaml, real_course(), "the test's edit must apply");
+    let (code, stderr) = checker_with_course(&yaml, "w02-l16");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("lesson w02-l16"), "{stderr}");
+    assert!(stderr.contains("verify[2]"), "{stderr}");
+}
+
+#[test]
 fn a_missing_lesson_folder_is_rejected() {
     let yaml = real_course().replace("lessons/w01-l01\n", "lessons/w01-l01-gone\n");
     let (code, stderr) = checker_with_course(&yaml, "w01-l01");
@@ -118,6 +147,29 @@ fn validate_names_a_lesson_whose_solution_fails() {
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("w01-l01: the reference solution fails at step"),
+        "{out}"
+    );
+}
+
+#[test]
+fn validate_names_a_stub_failure_that_points_at_no_hint() {
+    // w01-l01 with every `hint:` taken off its steps.
+    let (code, out) = validate_edited(|yaml| {
+        let start = yaml.find("  - id: w01-l01").expect("w01-l01");
+        let end = yaml.find("  - id: w01-l02").expect("w01-l02");
+        let lesson: String = yaml[start..end]
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("hint:"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        format!("{}{lesson}{}", &yaml[..start], &yaml[end..])
+    });
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("NO-HINT"), "{out}");
+    assert!(
+        regex::Regex::new(r"w01-l01: the stub fails at step `\w+`, which names no hint")
+            .unwrap()
+            .is_match(&out),
         "{out}"
     );
 }

@@ -44,6 +44,39 @@ fn w02_l16_stub_fails_the_stress_step_and_names_the_failing_frames() {
     );
     assert!(stdout.contains("result: FAIL w02-l16"), "{stdout}");
     assert!(!stdout.contains("result: PASS"), "{stdout}");
+    // course.yaml points the stress step at hint 1: quoted word for word.
+    let course = std::fs::read_to_string(workspace_root().join("course.yaml")).unwrap();
+    let ladder = course
+        .lines()
+        .find(|l| l.contains("Climb the ladder from 1x1"))
+        .expect("w02-l16's first hint");
+    let ladder = ladder.trim().trim_start_matches("- ").trim_matches('\'');
+    assert!(
+        stdout.contains(&format!("hint 1/5: {ladder}")),
+        "the failing step should quote the hint that applies:\n{stdout}"
+    );
+}
+
+#[test]
+fn json_format_carries_the_hints_of_a_failing_step() {
+    let (output, stdout) = run_checker(&["w02-l16", "--seed", "7", "--format", "json"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    let document: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    let stress = document["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["name"] == "stress")
+        .expect("a stress step");
+    assert_eq!(stress["status"], "fail", "{stress}");
+    assert_eq!(stress["hints"][0]["number"], 1, "{stress}");
+    assert_eq!(stress["hints"][0]["of"], 5, "{stress}");
+    assert!(
+        stress["hints"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Climb the ladder")),
+        "{stress}"
+    );
 }
 
 #[test]

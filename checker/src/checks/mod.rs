@@ -59,55 +59,110 @@ pub trait Check {
 /// Declares the step kinds: `yaml name => Variant(params type)`.
 macro_rules! steps {
     ($($name:literal => $variant:ident($params:ty)),+ $(,)?) => {
+        /// What a step does, with its parameters.
         #[derive(Debug, Clone)]
-        pub enum Step { $($variant($params)),+ }
+        pub enum StepKind { $($variant($params)),+ }
 
         const STEP_NAMES: &[&str] = &[$($name),+];
 
-        impl Step {
+        impl StepKind {
             pub fn name(&self) -> &'static str {
-                match self { $(Step::$variant(_) => $name),+ }
+                match self { $(StepKind::$variant(_) => $name),+ }
             }
             fn check(&self) -> &dyn Check {
-                match self { $(Step::$variant(params) => params),+ }
+                match self { $(StepKind::$variant(params) => params),+ }
             }
-        }
-
-        /// A step is written `- build` (all parameters defaulted) or
-        /// `- stress: {clients: 50, frames: 100}`.
-        impl<'de> Deserialize<'de> for Step {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                struct StepVisitor;
-                impl<'de> Visitor<'de> for StepVisitor {
-                    type Value = Step;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                        write!(f, "a step name ({}) or a one-key map `name: {{params}}`", STEP_NAMES.join(", "))
-                    }
-                    fn visit_str<E: de::Error>(self, name: &str) -> Result<Step, E> {
-                        let no_params = de::value::MapDeserializer::<_, E>::new(std::iter::empty::<(String, String)>());
-                        match name {
-                            $($name => <$params>::deserialize(no_params).map(Step::$variant),)+
-                            other => Err(E::unknown_variant(other, STEP_NAMES)),
-                        }
-                    }
-                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Step, A::Error> {
-                        let name: String = map
-                            .next_key()?
-                            .ok_or_else(|| de::Error::custom("a step needs a name"))?;
-                        let step = match name.as_str() {
-                            $($name => Step::$variant(map.next_value()?),)+
-                            other => return Err(de::Error::unknown_variant(other, STEP_NAMES)),
-                        };
-                        if map.next_key::<String>()?.is_some() {
-                            return Err(de::Error::custom("a step is a map with exactly one key, its name"));
-                        }
-                        Ok(step)
-                    }
+            /// The kind named `name`, its parameters read from `params`.
+            fn read<'de, D: Deserializer<'de>>(name: &str, params: D) -> Result<StepKind, D::Error> {
+                match name {
+                    $($name => <$params>::deserialize(params).map(StepKind::$variant),)+
+                    other => Err(de::Error::unknown_variant(other, STEP_NAMES)),
                 }
-                deserializer.deserialize_any(StepVisitor)
             }
         }
     };
+}
+
+/// One verify step of a lesson: its kind and parameters, and the lesson
+/// hints (numbered from 1) that a failure of this step points at.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub kind: StepKind,
+    pub hints: Vec<usize>,
+}
+
+/// A step is written `- build` (all parameters defaulted),
+/// `- stress: {clients: 50, frames: 100}`, or with the hints that apply when
+/// it fails on a key beside its name: `- {stress: {clients: 50}, hint: 3}`
+/// (`hint: [1, 3]` for several).
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StepVisitor;
+        impl<'de> Visitor<'de> for StepVisitor {
+            type Value = Step;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(
+                    f,
+                    "a step name ({}) or a map `name: {{params}}` with an optional `hint: N`",
+                    STEP_NAMES.join(", ")
+                )
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Step, E> {
+                let no_params =
+                    de::value::MapDeserializer::<_, E>::new(std::iter::empty::<(String, String)>());
+                Ok(Step {
+                    kind: StepKind::read(name, no_params)?,
+                    hints: Vec::new(),
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Step, A::Error> {
+                let mut kind = None;
+                let mut hints = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "hint" {
+                        hints = map.next_value::<HintRefs>()?.into_vec();
+                    } else if kind.is_some() {
+                        return Err(de::Error::custom(
+                            "a step has one name (plus an optional `hint`)",
+                        ));
+                    } else {
+                        kind = Some(map.next_value_seed(KindSeed(&key))?);
+                    }
+                }
+                let kind = kind.ok_or_else(|| de::Error::custom("a step needs a name"))?;
+                Ok(Step { kind, hints })
+            }
+        }
+        deserializer.deserialize_any(StepVisitor)
+    }
+}
+
+/// Reads a step's parameters knowing its name, so a typo inside them keeps
+/// its full path (`verify[1].stress.clientz`) in the error.
+struct KindSeed<'a>(&'a str);
+
+impl<'de> de::DeserializeSeed<'de> for KindSeed<'_> {
+    type Value = StepKind;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<StepKind, D::Error> {
+        StepKind::read(self.0, deserializer)
+    }
+}
+
+/// `hint: 3` or `hint: [1, 3]`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum HintRefs {
+    One(usize),
+    Several(Vec<usize>),
+}
+
+impl HintRefs {
+    fn into_vec(self) -> Vec<usize> {
+        match self {
+            HintRefs::One(n) => vec![n],
+            HintRefs::Several(list) => list,
+        }
+    }
 }
 
 steps! {
@@ -146,11 +201,14 @@ steps! {
 }
 
 impl Step {
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
+    }
     pub fn summary(&self) -> String {
-        self.check().summary()
+        self.kind.check().summary()
     }
     pub fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome> {
-        self.check().run(ctx)
+        self.kind.check().run(ctx)
     }
 }
 
