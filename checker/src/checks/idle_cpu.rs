@@ -105,7 +105,10 @@ impl Check for IdleCpu {
                 window.as_millis(),
                 self.max_cpu_ms
             ))
-            .cause("the event loop spins while nothing happens: wait in poll()/epoll_wait with no timeout (-1 / PollTimeout::NONE), never 0, and don't ask for POLLOUT when there is nothing to write")
+            .cause({
+                let readiness = ctx.readiness();
+                format!("the event loop spins while nothing happens: wait in {} with no timeout (-1), never 0, and don't ask for {} when there is nothing to write", readiness.wait, readiness.writable)
+            })
             .evidence(
                 std::iter::once(format!(
                     "/proc/{}/stat utime+stime: {:.3} s before, {:.3} s after, {} connections open and silent",

@@ -235,7 +235,34 @@ pub struct Ctx<'a> {
     pub log: &'a mut Transcript,
 }
 
+/// How a lesson's event loop waits and asks for writability, so a likely
+/// cause speaks the API the student is using.
+pub struct Readiness {
+    pub wait: &'static str,
+    pub writable: &'static str,
+}
+
 impl Ctx<'_> {
+    /// epoll's words in the lessons that check for epoll, poll's before.
+    pub fn readiness(&self) -> Readiness {
+        let uses_epoll = self
+            .lesson
+            .verify
+            .iter()
+            .any(|step| matches!(step.kind, StepKind::Epoll(_) | StepKind::Loops(_)));
+        if uses_epoll {
+            Readiness {
+                wait: "epoll_wait()",
+                writable: "EPOLLOUT",
+            }
+        } else {
+            Readiness {
+                wait: "poll()",
+                writable: "POLLOUT",
+            }
+        }
+    }
+
     /// Starts the server with the lesson's flags plus `extra`, and waits until
     /// it listens. `Ok(Err(outcome))` is a server that did not come up.
     pub fn start_server(

@@ -65,6 +65,7 @@ impl Check for SlowReader {
             Ok(server) => server,
             Err(failed) => return Ok(failed),
         };
+        let readiness = ctx.readiness();
         let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
         let frame_size = self.frame_size.max(1);
         let count = (self.bytes / (frame_size + 4)).max(1);
@@ -128,7 +129,7 @@ impl Check for SlowReader {
                         return Ok(StepOutcome::fail(format!(
                             "client {client}, frame {frame}: no exact echo within 5 s while another client was not reading its echoes"
                         ))
-                        .cause("the server blocks writing to a client that does not read, and serves no one else meanwhile: keep the unsent bytes in that connection's write buffer and go back to poll()")
+                        .cause(format!("the server blocks writing to a client that does not read, and serves no one else meanwhile: keep the unsent bytes in that connection's write buffer and go back to {}", readiness.wait)))
                         .evidence(Ctx::server_evidence(&mut server))
                         .figure("echoed_meanwhile", echoed));
                     }
@@ -196,7 +197,7 @@ impl Check for SlowReader {
             }
             evidence.extend(Ctx::server_evidence(&mut server));
             return Ok(StepOutcome::fail(format!("slow client: {what}"))
-                .cause("when the client is not reading, write() takes only part of the bytes or says WouldBlock: keep whatever it did not take in the connection's write buffer, in order, ask poll() for POLLOUT while that buffer is not empty, and never close the client for WouldBlock")
+                .cause(format!("when the client is not reading, write() takes only part of the bytes or says WouldBlock: keep whatever it did not take in the connection's write buffer, in order, ask {} for {} while that buffer is not empty, and never close the client for WouldBlock", readiness.wait, readiness.writable)))
                 .evidence(evidence));
         }
         Ok(StepOutcome::pass(format!(
