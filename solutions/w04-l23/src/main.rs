@@ -1,13 +1,15 @@
 //! w04-l23 — Performance and leak audit: the final server, tuned.
 //!
-//! The w03-l22 server after a profile of its hot path. Three costs are
+//! The w03-l22 server after a profile of its hot path. Four costs are
 //! gone: every read used to zero a fresh 64 KiB buffer (now one scratch
-//! buffer, allocated once, serves every read); every frame used to become
-//! a `Vec` of its own and moved the rest of the input buffer forward
-//! (now `echo_frames` copies each frame once and consumes the input in one
-//! step); and buffers grown by a burst were kept for the connection's whole
-//! life (now `release_idle_buffers` gives back the memory once they are
-//! empty). Everything else — edge-triggered epoll, backpressure-free echo,
+//! buffer, allocated once, serves every read); every event ended with a
+//! read that could only say WouldBlock (now a short read ends the draining
+//! when the event vouches that no FIN is queued: EPOLLRDHUP); every frame
+//! used to become a `Vec` of its own and moved the rest of the input buffer
+//! forward (now `echo_frames` copies each frame once and consumes the input
+//! in one step); and buffers grown by a burst were kept for the
+//! connection's whole life (now `release_idle_buffers` gives back the
+//! memory once they are empty). Everything else — edge-triggered epoll, backpressure-free echo,
 //! `--stats`, the graceful shutdown on SIGINT/SIGTERM — is unchanged.
 //!
 //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L` bytes.
@@ -175,7 +177,9 @@ impl Conn {
     fn interest(&self) -> EpollFlags {
         let mut events = trigger_mode();
         if !self.peer_closed {
-            events |= EpollFlags::EPOLLIN;
+            // RDHUP: an event says when the client's FIN is already queued,
+            // which is what lets read_all stop after a short read.
+            events |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         }
         // Only while output is pending: each epoll.modify() re-arms the
         // edge, so turning EPOLLOUT on while the socket has room reports it
@@ -200,12 +204,20 @@ impl Conn {
     /// `scratch` is the loop's one read buffer: reading into it costs no
     /// allocation and no zeroing (a fresh `[0u8; 65536]` per call is a
     /// 64 KiB memset on every event).
-    fn read_all(&mut self, scratch: &mut [u8]) -> io::Result<()> {
+    fn read_all(&mut self, scratch: &mut [u8], eof_queued: bool) -> io::Result<()> {
         loop {
             match self.stream.read(scratch) {
                 // The client closed its side.
                 Ok(0) => {
                     self.peer_closed = true;
+                    return Ok(());
+                }
+                // Fewer bytes than asked for: the receive queue is empty
+                // (epoll(7) allows stopping here for stream sockets). Bytes
+                // arriving from now on raise a new edge; only a FIN that was
+                // already queued would not, and the event said if it was.
+                Ok(n) if n < scratch.len() && !eof_queued => {
+                    self.inbuf.extend_from_slice(&scratch[..n]);
                     return Ok(());
                 }
                 // New bytes: keep them, and read again: more may be waiting.
@@ -389,9 +401,10 @@ fn serve(
     // EPOLLHUP and EPOLLERR come whether asked for or not, and can come
     // without EPOLLIN; reading is how we learn what happened.
     let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
-    if ready.intersects(readable) && !conn.peer_closed {
+    let hangup = EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+    if ready.intersects(readable | hangup) && !conn.peer_closed {
         let buffered = conn.inbuf.len();
-        let result = conn.read_all(scratch);
+        let result = conn.read_all(scratch, ready.intersects(hangup));
         // Count what arrived even when the read ended in an error.
         stats.bytes_read += (conn.inbuf.len() - buffered) as u64;
         result?;
@@ -574,7 +587,9 @@ fn shut_down(
     let mut closing: Vec<RawFd> = conns.keys().copied().collect();
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     let mut events = vec![EpollEvent::empty(); args.max_events.max(1)];
-    let mut ready = EpollFlags::EPOLLIN;
+    // Not an event from epoll, so nothing vouches that a short read emptied
+    // the socket: RDHUP makes read_all read on until WouldBlock.
+    let mut ready = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
     let mut scratch = vec![0u8; READ_CHUNK];
     while !closing.is_empty() {
         closing.retain(|fd| {
@@ -615,7 +630,7 @@ fn shut_down(
                 break;
             }
         }
-        ready = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT;
+        ready = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP;
     }
     if !conns.is_empty() {
         eprintln!("{} clients did not take their echoes in time", conns.len());
