@@ -129,7 +129,7 @@ impl Check for SlowReader {
                         return Ok(StepOutcome::fail(format!(
                             "client {client}, frame {frame}: no exact echo within 5 s while another client was not reading its echoes"
                         ))
-                        .cause(format!("the server blocks writing to a client that does not read, and serves no one else meanwhile: keep the unsent bytes in that connection's write buffer and go back to {}", readiness.wait)))
+                        .cause(format!("the server blocks writing to a client that does not read, and serves no one else meanwhile: keep the unsent bytes in that connection's write buffer and go back to {}", readiness.wait))
                         .evidence(Ctx::server_evidence(&mut server))
                         .figure("echoed_meanwhile", echoed));
                     }
@@ -197,7 +197,7 @@ impl Check for SlowReader {
             }
             evidence.extend(Ctx::server_evidence(&mut server));
             return Ok(StepOutcome::fail(format!("slow client: {what}"))
-                .cause(format!("when the client is not reading, write() takes only part of the bytes or says WouldBlock: keep whatever it did not take in the connection's write buffer, in order, ask {} for {} while that buffer is not empty, and never close the client for WouldBlock", readiness.wait, readiness.writable)))
+                .cause(format!("when the client is not reading, write() takes only part of the bytes or says WouldBlock: keep whatever it did not take in the connection's write buffer, in order, ask {} for {} while that buffer is not empty, and never close the client for WouldBlock", readiness.wait, readiness.writable))
                 .evidence(evidence));
         }
         Ok(StepOutcome::pass(format!(
