@@ -31,6 +31,9 @@ enum Bug {
     AcceptOnce,
     /// Correct edge-triggered server plus an idle second thread.
     TwoThreads,
+    /// EPOLLET; stops reading after a read shorter than its buffer, without
+    /// asking whether a FIN is queued behind the bytes (no EPOLLRDHUP).
+    StopAfterShortRead,
 }
 
 #[derive(Parser, Debug)]
@@ -79,8 +82,9 @@ fn main() -> io::Result<()> {
     }
 }
 
-/// Reads once (4 KiB) or until WouldBlock; false when the connection is over.
-fn read_in(conn: &mut Conn, drain: bool) -> bool {
+/// Reads once (4 KiB), until a short read, or until WouldBlock; false when
+/// the connection is over.
+fn read_in(conn: &mut Conn, drain: bool, stop_when_short: bool) -> bool {
     let mut chunk = [0u8; 4096];
     loop {
         match conn.stream.read(&mut chunk) {
@@ -90,7 +94,7 @@ fn read_in(conn: &mut Conn, drain: bool) -> bool {
             }
             Ok(n) => {
                 conn.inbuf.extend_from_slice(&chunk[..n]);
-                if !drain {
+                if !drain || (stop_when_short && n < chunk.len()) {
                     return true;
                 }
             }
@@ -195,7 +199,7 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
             let mut alive = true;
             let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
             if event.events().intersects(readable) && !conn.closed {
-                alive = read_in(conn, drain_reads);
+                alive = read_in(conn, drain_reads, bug == Bug::StopAfterShortRead);
             }
             alive = alive && echo_and_flush(conn);
             if alive && conn.closed && conn.outbuf.is_empty() {
@@ -249,7 +253,7 @@ fn poll_loop(listener: &TcpListener) -> io::Result<()> {
                 continue;
             }
             let conn = &mut conns[i];
-            let alive = read_in(conn, false) && echo_and_flush(conn);
+            let alive = read_in(conn, false, false) && echo_and_flush(conn);
             if !alive || (conn.closed && conn.outbuf.is_empty()) {
                 conns.swap_remove(i);
             }

@@ -112,3 +112,25 @@ fn a_correct_edge_triggered_fixture_passes_w03_l18() {
     assert_eq!(exit_code(&output), 0, "{stdout}");
     assert_nothing_left(tag);
 }
+
+/// A short read empties the queue of bytes but may leave a FIN behind them,
+/// and edge-triggered epoll reports no new edge for it: a server that stops
+/// after the short read never closes such a client.
+#[test]
+fn stopping_after_a_short_read_misses_a_queued_eof_and_fails_the_disconnects_step() {
+    let stdout = fixture_fails_at("w02-l09", "stop-after-short-read", "disconnects");
+    assert!(
+        stdout.contains("sent one frame with EOF right behind it"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("did not close the connection"), "{stdout}");
+}
+
+#[test]
+fn an_edge_triggered_server_that_drains_to_wouldblock_passes_the_disconnects_step() {
+    let stdout = track_fixture_passes("broken_epoll_server", "w02-l09", "none");
+    assert!(
+        stdout.contains("disconnects: 50 clients sent a frame with EOF right behind it"),
+        "{stdout}"
+    );
+}

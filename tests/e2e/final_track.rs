@@ -62,6 +62,11 @@ fn dropping_what_write_did_not_take_fails_the_slow_reader_step() {
     let stdout = fixture_fails_at("w03-l19", "drop-partial-write", "slow_reader");
     assert!(stdout.contains("slow client:"), "{stdout}");
     assert!(stdout.contains("keep whatever it did not take"), "{stdout}");
+    // An epoll lesson: the cause speaks epoll, not poll.
+    assert!(
+        stdout.contains("ask epoll_wait() for EPOLLOUT while that buffer is not empty"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -70,6 +75,10 @@ fn level_triggered_epollout_left_armed_fails_the_idle_cpu_step() {
     assert!(stdout.contains("the idle server used"), "{stdout}");
     assert!(
         stdout.contains("100 connections open and silent"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("don't ask for EPOLLOUT when there is nothing to write"),
         "{stdout}"
     );
 }

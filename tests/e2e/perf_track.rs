@@ -54,3 +54,25 @@ fn an_fd_kept_per_connection_fails_the_perf_step_on_growing_fds() {
         &["open fds grow from run to run", "TcpStream is dropped"],
     );
 }
+
+/// The final server stops reading after a short read unless the event
+/// carries EPOLLRDHUP. If that rule lost a queued FIN, a half-closed or
+/// reset client would be held forever; if it lost bytes, an echo would
+/// stall. The earlier lessons' probes for exactly those cases (disconnects,
+/// fd leaks, bursts, shutdown with pending echoes) must all pass on it.
+#[test]
+fn the_final_server_passes_the_earlier_lessons_probes_for_closes_bursts_and_shutdown() {
+    let _alone = machine_to_myself();
+    let solution = workspace_root().join("solutions/w04-l23");
+    for lesson in ["w02-l09", "w03-l18", "w03-l20", "w03-l22"] {
+        let (output, stdout) = run_checker(&[
+            lesson,
+            "--path",
+            solution.to_str().expect("utf-8 path"),
+            "--seed",
+            "11",
+        ]);
+        assert_eq!(exit_code(&output), 0, "{lesson}:\n{stdout}");
+        assert!(stdout.contains(&format!("PASSED {lesson}")), "{stdout}");
+    }
+}

@@ -177,6 +177,7 @@ fn slow_reader_probe_fails_a_server_that_ignores_the_count_write_returns() {
         &[
             "slow client:",
             "keep whatever it did not take in the connection's write buffer",
+            "ask poll() for POLLOUT while that buffer is not empty",
         ],
     );
 }

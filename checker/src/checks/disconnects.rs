@@ -5,7 +5,13 @@
 //!    The server's next read fails with ECONNRESET: that connection only.
 //! 2. Close mid-frame: half a frame, then EOF. Nothing can be echoed; the
 //!    server must close its side (the client sees EOF, no bytes).
-//! 3. Half-close: `half_close_kib` KiB of whole frames, then shutdown(Write),
+//! 3. A frame with the EOF right behind it, on `eof_clients` clients at once:
+//!    each frame must be echoed and then the connection closed. The FIN is
+//!    often already queued behind the frame when the server reads, so a
+//!    server that stops reading after the frame (a short read is not
+//!    WouldBlock, and edge-triggered epoll reports no new edge for a FIN
+//!    that was already there) never closes.
+//! 4. Half-close: `half_close_kib` KiB of whole frames, then shutdown(Write),
 //!    and only `read_delay_ms` later reading (by then the server has read
 //!    the EOF with echoes still queued). EOF ends the client's requests, not its
 //!    reading: every echo must arrive, in order, and then EOF. A server
@@ -34,6 +40,8 @@ pub struct Disconnects {
     /// it reads, in ms: time for the server to reach the EOF with echoes
     /// still queued.
     pub read_delay_ms: u64,
+    /// Clients that each send one frame and shutdown(Write) at once.
+    pub eof_clients: usize,
     /// Bound on each wait (an echo, an EOF), in seconds.
     pub timeout_secs: u64,
     pub args: Vec<String>,
@@ -44,6 +52,7 @@ impl Default for Disconnects {
         Disconnects {
             half_close_kib: 8192,
             read_delay_ms: 1000,
+            eof_clients: 50,
             timeout_secs: 10,
             args: Vec::new(),
         }
@@ -120,8 +129,8 @@ fn half_frame() -> Vec<u8> {
 impl Check for Disconnects {
     fn summary(&self) -> String {
         format!(
-            "clients reset mid-frame, close mid-frame and half-close with {} KiB of echoes pending; the server survives each and serves the next client",
-            self.half_close_kib
+            "clients reset mid-frame, close mid-frame, send a frame with EOF behind it ({} at once) and half-close with {} KiB of echoes pending; the server survives each and serves the next client",
+            self.eof_clients, self.half_close_kib
         )
     }
 
@@ -134,7 +143,7 @@ impl Check for Disconnects {
         let addr = server.addr;
         // Each case: its name, the likely cause when it fails, and the client.
         type Case = fn(&Disconnects, SocketAddr, Duration) -> Result<String, String>;
-        let cases: [(&str, &str, Case); 3] = [
+        let cases: [(&str, &str, Case); 4] = [
             (
                 "reset mid-frame",
                 "a reset is an error of that one connection (ECONNRESET from read or write): close it and keep serving; never unwrap() or `?` it out of the event loop",
@@ -144,6 +153,11 @@ impl Check for Disconnects {
                 "close mid-frame",
                 "a read of 0 (EOF) with half a frame buffered: drop the partial frame and close the connection; the client sees EOF",
                 Disconnects::close_mid_frame,
+            ),
+            (
+                "frame with EOF behind it",
+                "the client's EOF came right behind its last frame: after echoing, the server must still see the EOF and close; read until a read returns 0 or WouldBlock (or, with epoll, check EPOLLRDHUP) before deciding a socket has nothing more to say",
+                Disconnects::frame_then_eof,
             ),
             (
                 "half-close",
@@ -174,13 +188,18 @@ impl Check for Disconnects {
             }
         }
         Ok(StepOutcome::pass(format!(
-            "reset mid-frame, close mid-frame and half-close survived; {} KiB echoed in full after a half-close",
-            self.half_close_kib
+            "reset mid-frame, close mid-frame, {} frames with EOF behind them and half-close survived; {} KiB echoed in full after a half-close",
+            self.eof_clients, self.half_close_kib
         ))
         .figure("half_close_kib", self.half_close_kib)
+        .figure("eof_clients", self.eof_clients)
         .proof_line(format!(
             "disconnects: reset and close mid-frame survived, {} KiB echoed in full after a half-close",
             self.half_close_kib
+        ))
+        .proof_line(format!(
+            "disconnects: {} clients sent a frame with EOF right behind it: each echoed, then closed",
+            self.eof_clients
         )))
     }
 }
@@ -227,6 +246,58 @@ impl Disconnects {
                 got.len()
             )),
         }
+    }
+
+    fn frame_then_eof(&self, addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+        let clients = self.eof_clients.max(1);
+        let mut streams = Vec::with_capacity(clients);
+        for client in 0..clients {
+            streams
+                .push(connect(addr).map_err(|e| format!("client {client}: connect failed: {e}"))?);
+        }
+        let frames: Vec<Vec<u8>> = (0..clients)
+            .map(|client| {
+                frame_client::framed(&[format!("last words of client {client}").into_bytes()])
+            })
+            .collect();
+        // All of them first, each frame and its FIN back to back, so the
+        // server finds both queued on many sockets when it reads.
+        for (client, (stream, frame)) in streams.iter_mut().zip(&frames).enumerate() {
+            stream
+                .write_all(frame)
+                .and_then(|()| stream.shutdown(Shutdown::Write))
+                .map_err(|e| format!("client {client}: sending a frame and EOF failed: {e}"))?;
+        }
+        for (client, (stream, frame)) in streams.iter_mut().zip(&frames).enumerate() {
+            let (got, ending) = read_exactly(stream, frame.len(), timeout);
+            if !matches!(ending, Ending::Complete) || got != *frame {
+                return Err(format!(
+                    "client {client} sent one frame of {} bytes with EOF right behind it; got back {} bytes, then the connection {}",
+                    frame.len(),
+                    got.len(),
+                    ending.describe()
+                ));
+            }
+            match read_until_closed(stream, timeout) {
+                (extra, Ending::Eof) if extra.is_empty() => {}
+                (extra, ending) if ending.is_closed() => {
+                    return Err(format!(
+                        "client {client}: {} bytes more than were sent came back",
+                        extra.len()
+                    ))
+                }
+                (_, ending) => {
+                    return Err(format!(
+                        "client {client} sent one frame with EOF right behind it: the echo came back, but the server did not close the connection within {} s ({})",
+                        timeout.as_secs(),
+                        ending.describe()
+                    ))
+                }
+            }
+        }
+        Ok(format!(
+            "{clients} clients each sent a frame and EOF back to back: every frame echoed, then EOF"
+        ))
     }
 
     fn half_close(&self, addr: SocketAddr, timeout: Duration) -> Result<String, String> {
