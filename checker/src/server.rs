@@ -271,6 +271,14 @@ impl Server {
         }
     }
 
+    /// Like [`Server::death_notice`], waiting up to `limit` for a server
+    /// that is on its way out: it closes its listener before it can be
+    /// reaped, so a refused connect can come first.
+    pub fn death_notice_within(&mut self, limit: Duration) -> Option<String> {
+        self.wait_exit(limit)?;
+        self.death_notice()
+    }
+
     /// A verdict-ready description if the server is no longer running.
     pub fn death_notice(&mut self) -> Option<String> {
         let status = self.try_exit_status()?;

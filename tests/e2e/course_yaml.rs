@@ -68,14 +68,20 @@ fn a_proof_regex_that_does_not_compile_is_rejected_at_load() {
     );
 }
 
-#[test]
-fn a_hint_number_past_the_lessons_hints_is_rejected() {
+/// The checker's exit code and stderr with w02-l16's stress step pointing
+/// at `hint` (written as YAML) instead of hint 1.
+fn w02_l16_stress_hint(hint: &str) -> (i32, String) {
     let yaml = real_course().replace(
         "runs: 3}\n        hint: 1\n",
-        "runs: 3}\n        hint: [1, 9]\n",
+        &format!("runs: 3}}\n        hint: {hint}\n"),
     );
     assert_ne!(yaml, real_course(), "the test's edit must apply");
-    let (code, stderr) = checker_with_course(&yaml, "w02-l16");
+    checker_with_course(&yaml, "w02-l16")
+}
+
+#[test]
+fn a_hint_number_past_the_lessons_hints_is_rejected() {
+    let (code, stderr) = w02_l16_stress_hint("[1, 9]");
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("lesson w02-l16, field `verify[2].hint`"),
@@ -86,12 +92,7 @@ fn a_hint_number_past_the_lessons_hints_is_rejected() {
 
 #[test]
 fn a_hint_that_is_not_a_number_names_the_field() {
-    let yaml = real_course().replace(
-        "runs: 3}\n        hint: 1\n",
-        "runs: 3}\n        hint: ladder\n",
-    );
-    assert_ne!(yaml, real_course(), "the test's edit must apply");
-    let (code, stderr) = checker_with_course(&yaml, "w02-l16");
+    let (code, stderr) = w02_l16_stress_hint("ladder");
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("lesson w02-l16"), "{stderr}");
     assert!(stderr.contains("verify[2]"), "{stderr}");

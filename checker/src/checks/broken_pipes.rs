@@ -73,8 +73,9 @@ impl Check for BrokenPipes {
                 let mut stream = match connect_small_window(server.addr) {
                     Ok(stream) => stream,
                     Err(err) => {
-                        // Usually the server died mid-batch: say so first.
-                        let message = match server.death_notice() {
+                        // Usually the server died mid-batch (a refused
+                        // connect can come before it can be reaped): say so.
+                        let message = match server.death_notice_within(Duration::from_secs(2)) {
                             Some(death) => format!(
                                 "the server died after {reset_count} clients reset with echoes pending: {death}"
                             ),
@@ -100,9 +101,10 @@ impl Check for BrokenPipes {
             }
             std::thread::sleep(Duration::from_millis(50));
             if let Some(death) = server.death_notice() {
+                // The same words as a death found by a refused connect: the
+                // timing decides which path sees it first.
                 let message = format!(
-                    "the server died while clients {}..={reset_count} reset with echoes pending: {death}",
-                    reset_count - batch + 1
+                    "the server died after {reset_count} clients reset with echoes pending: {death}"
                 );
                 return Ok(fail(&mut server, message, CAUSE));
             }
