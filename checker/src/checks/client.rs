@@ -415,7 +415,7 @@ impl Check for Client {
             .cause("the client must send every frame it was asked for")
             .evidence(run.evidence()));
         };
-        let Some((bad_client, bad_frames)) = owner(bad, cf as u64) else {
+        let Some((bad_client, bad_frames)) = owner(bad, cf) else {
             return Ok(StepOutcome::fail(
                 "against the corrupting server: the corrupted frame's payload does not start with `client C frame F`",
             )
