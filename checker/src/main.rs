@@ -41,10 +41,33 @@ fn main() -> std::process::ExitCode {
     server::become_subreaper();
     preflight::raise_own_file_limit();
     // Ctrl-C (or SIGTERM): no server the checker started may outlive it.
+    quiet_on_closed_stdout();
     let _ = ctrlc::set_handler(|| {
         server::kill_all_live();
         eprintln!("\nchecker: interrupted; every server it started has been stopped");
         std::process::exit(130);
     });
     cli::main()
+}
+
+/// `checker show w01-l01 | head`: once the reader is gone, printing fails
+/// with EPIPE (Rust ignores SIGPIPE, which the checker needs: a student's
+/// server closing a socket must not kill it). Stop quietly then, with every
+/// server the checker started, and the status a shell gives a tool that
+/// SIGPIPE ended (128 + 13), instead of a panic and a backtrace.
+fn quiet_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            server::kill_all_live();
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
 }

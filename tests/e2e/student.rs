@@ -328,3 +328,21 @@ fn run_starts_the_students_server_in_the_foreground_and_ctrl_c_stops_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `checker show w01-l01 | head`: a reader that goes away ends the checker
+/// quietly, as it ends any shell tool (status 141), not with a panic.
+#[test]
+fn show_into_a_pipe_nobody_reads_ends_quietly() {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    // Closed before the checker prints its first line.
+    drop(reader);
+    let output = Process::new(tool("checker"))
+        .current_dir(workspace_root())
+        .args(["show", "w01-l01"])
+        .stdout(writer)
+        .output()
+        .expect("running the checker");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
