@@ -311,6 +311,8 @@ fn is_noise(path: &Path) -> bool {
         || name.starts_with(".#")
         || name.starts_with('#')
         || name == "4913"
+        // Written by the check's own build, not by the student.
+        || name == "Cargo.lock"
         || path
             .components()
             .any(|c| c.as_os_str() == "target" || c.as_os_str() == ".git")
@@ -387,21 +389,27 @@ pub fn watch(course: &Course, lesson: &Lesson, manual: bool) -> Result<u8> {
     }
 }
 
-fn file_watcher(
-    dir: &Path,
-    wake: mpsc::Sender<Wake>,
-) -> Result<notify_debouncer_mini::Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>> {
-    use notify_debouncer_mini::notify::RecursiveMode;
-    let mut debouncer = notify_debouncer_mini::new_debouncer(
-        Duration::from_millis(300),
-        move |events: notify_debouncer_mini::DebounceEventResult| {
-            if let Ok(events) = events {
-                if let Some(event) = events.into_iter().find(|e| !is_noise(&e.path)) {
-                    let _ = wake.send(Wake::Changed(event.path));
-                }
-            }
-        },
-    )?;
-    debouncer.watcher().watch(dir, RecursiveMode::Recursive)?;
-    Ok(debouncer)
+fn file_watcher(dir: &Path, wake: mpsc::Sender<Wake>) -> Result<notify::RecommendedWatcher> {
+    use notify::event::ModifyKind;
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        // Only what changes a file is a save. Opening and reading files is
+        // not (and the check itself reads them all: the build, the source
+        // hash), nor is a change of metadata such as the access time.
+        let saved = match event.kind {
+            EventKind::Create(_) | EventKind::Remove(_) => true,
+            EventKind::Modify(ModifyKind::Metadata(_)) => false,
+            EventKind::Modify(_) => true,
+            _ => false,
+        };
+        if !saved {
+            return;
+        }
+        if let Some(path) = event.paths.into_iter().find(|p| !is_noise(p)) {
+            let _ = wake.send(Wake::Changed(path));
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::Recursive)?;
+    Ok(watcher)
 }

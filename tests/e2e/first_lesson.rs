@@ -35,7 +35,7 @@ fn a_server_that_exits_after_its_first_client_is_caught() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("the server exited (exit code 0) right after accepting a connection"),
+        stdout.contains("the server exited (exit code 0) right after a client connected"),
         "{stdout}"
     );
     assert_nothing_left(tag);

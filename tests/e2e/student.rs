@@ -219,6 +219,18 @@ fn tmux(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
+/// The whole screen history once watch mode has sat idle for 3 s.
+fn settled_screen(session: &str) -> String {
+    std::thread::sleep(Duration::from_secs(3));
+    let screen = tmux(&["capture-pane", "-p", "-S", "-2000", "-t", session]);
+    let last = screen.lines().rev().find(|l| !l.trim().is_empty());
+    assert!(
+        last.is_some_and(|l| l.contains("waiting for a change")),
+        "watch mode should be waiting:\n{screen}"
+    );
+    screen
+}
+
 fn wait_for_screen(session: &str, needle: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     loop {
@@ -257,9 +269,16 @@ fn watch_mode_re_checks_on_save_in_a_real_terminal() {
     ]);
     let screen = wait_for_screen(&session, "FAILED w01-l01", Duration::from_secs(120));
     assert!(screen.contains("waiting for a change"), "{screen}");
+    // The check reads every file of the crate (the build, the source hash):
+    // reads are not saves, so nothing runs again until the student saves.
+    let screen = settled_screen(&session);
+    assert_eq!(screen.matches("FAILED w01-l01").count(), 1, "{screen}");
+    assert!(!screen.contains("changed:"), "{screen}");
     course.fill_in_the_stub();
     let screen = wait_for_screen(&session, "PASSED w01-l01", Duration::from_secs(120));
     assert!(screen.contains("changed:"), "{screen}");
+    let screen = settled_screen(&session);
+    assert_eq!(screen.matches("PASSED w01-l01").count(), 1, "{screen}");
     tmux(&["send-keys", "-t", &session, "q", "Enter"]);
     std::thread::sleep(Duration::from_millis(500));
     tmux(&["kill-session", "-t", &session]);

@@ -32,7 +32,7 @@ impl Check for Start {
         std::thread::sleep(Duration::from_millis(200));
         if let Some(death) = server.death_notice() {
             return Ok(
-                StepOutcome::fail(format!("{death} right after accepting a connection"))
+                StepOutcome::fail(format!("{death} right after a client connected"))
                     .cause("the server must keep running until it is stopped")
                     .evidence(Ctx::server_evidence(&mut server)),
             );
