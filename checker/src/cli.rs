@@ -129,6 +129,9 @@ struct CheckArgs {
     /// text (as it runs) or json (one document at the end)
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
+    /// Also write the steps as a JUnit report to FILE (one test case per step)
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -252,6 +255,10 @@ fn check(course: &Course, args: CheckArgs) -> Result<u8> {
         format: Some(args.format),
         capture: false,
     })?;
+    if let Some(path) = &args.junit {
+        std::fs::write(path, &result.junit)
+            .with_context(|| format!("writing the JUnit report to {}", path.display()))?;
+    }
     if is_students_own {
         let mut progress = crate::progress::Progress::load(course);
         progress.record(&lesson.id, result.passed, seed);

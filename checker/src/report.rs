@@ -258,6 +258,41 @@ impl Transcript {
 
     /// Prints the verdict and the proof block (text), or the whole JSON
     /// result; returns the captured text transcript, if capturing.
+    /// The steps so far as a JUnit report, one test case per step, for CI
+    /// systems that show test results (`checker <id> --junit FILE`).
+    pub fn junit(&self, lesson_id: &str, title: &str, seed: u64) -> String {
+        use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+        let mut suite = TestSuite::new(format!("{lesson_id} {title}"));
+        suite.add_property(("seed", seed.to_string().as_str()));
+        for (index, step) in self.steps.iter().enumerate() {
+            let status = match step.status {
+                Status::Pass => TestCaseStatus::success(),
+                Status::Skip => TestCaseStatus::skipped(),
+                Status::Fail => {
+                    let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    status.set_message(step.message.as_str());
+                    let mut lines = Vec::new();
+                    if let Some(cause) = &step.cause {
+                        lines.push(format!("likely cause: {cause}"));
+                    }
+                    for hint in &step.hints {
+                        lines.push(format!("hint {}/{}: {}", hint.number, hint.of, hint.text));
+                    }
+                    lines.extend(step.evidence.iter().cloned());
+                    status.set_description(lines.join("\n"));
+                    status
+                }
+            };
+            let mut case = TestCase::new(format!("{} {}", index + 1, step.name), status);
+            case.set_classname(lesson_id);
+            case.set_time(std::time::Duration::from_secs_f64(step.seconds.max(0.0)));
+            suite.add_test_case(case);
+        }
+        let mut report = Report::new(format!("checker {lesson_id}"));
+        report.add_test_suite(suite);
+        report.to_string().unwrap_or_default()
+    }
+
     pub fn finish(self, summary: &RunSummary) -> Option<String> {
         match self.format {
             None | Some(Format::Text) => {

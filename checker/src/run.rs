@@ -30,6 +30,8 @@ pub struct RunResult {
     pub block: ProofBlock,
     /// The text transcript, when the request asked to capture it.
     pub transcript: Option<String>,
+    /// The steps as a JUnit report.
+    pub junit: String,
 }
 
 pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
@@ -117,6 +119,7 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
             format!("Fix the cause, then run the checker again (add --seed {seed} to replay exactly this run)."),
         ),
     };
+    let junit = log.junit(&lesson.id, &lesson.title, seed);
     let transcript = log.finish(&RunSummary {
         lesson_id: lesson.id.clone(),
         checked: request.checked.clone(),
@@ -132,6 +135,7 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
         failed_index,
         block,
         transcript,
+        junit,
     })
 }
 

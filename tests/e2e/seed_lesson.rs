@@ -125,3 +125,41 @@ fn json_format_reports_every_step_with_name_status_seconds_message_figures() {
         }
     }
 }
+
+#[test]
+fn junit_file_has_a_test_case_per_step_and_the_failure_with_its_cause_and_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w02-l16.xml");
+    let (output, stdout) = run_checker(&[
+        "w02-l16",
+        "--seed",
+        "8",
+        "--junit",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    let text = std::fs::read_to_string(&path).expect("the JUnit file was written");
+    let xml = roxmltree::Document::parse(&text).expect("JUnit is well-formed XML");
+    let cases: Vec<_> = xml
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    let names: Vec<&str> = cases.iter().filter_map(|c| c.attribute("name")).collect();
+    assert_eq!(names, ["1 build", "2 start", "3 stress"], "{text}");
+    let failure = cases[2]
+        .children()
+        .find(|n| n.has_tag_name("failure"))
+        .expect("the stress step failed");
+    assert!(
+        failure
+            .attribute("message")
+            .is_some_and(|m| m.contains("stress run 1/3")),
+        "{text}"
+    );
+    let body = failure.text().unwrap_or_default();
+    assert!(body.contains("likely cause:"), "{text}");
+    assert!(body.contains("hint 1/5: Climb the ladder"), "{text}");
+    assert!(cases[..2]
+        .iter()
+        .all(|c| !c.children().any(|n| n.has_tag_name("failure"))));
+}
