@@ -130,12 +130,21 @@ impl SavedRun {
         Ok((servers, samples))
     }
 
+    #[cfg(test)]
     fn markdown(&self) -> Result<String> {
         let (servers, samples) = self.figures()?;
-        Ok(render_markdown(&MarkdownInput {
+        Ok(self.render_markdown(&servers, &samples))
+    }
+
+    fn render_markdown(
+        &self,
+        servers: &[&ServerKind],
+        samples: &BTreeMap<(usize, &str), Vec<Sample>>,
+    ) -> String {
+        render_markdown(&MarkdownInput {
             tiers: &self.tiers,
-            servers: &servers,
-            samples: &samples,
+            servers,
+            samples,
             runs: self.runs,
             duration: Duration::from_secs_f64(self.duration_s),
             pinned: self.pinned,
@@ -145,13 +154,13 @@ impl SavedRun {
             load_after: &self.load_after,
             elapsed: Duration::from_secs_f64(self.elapsed_s),
             note: self.note.as_deref(),
-        }))
+        })
     }
 
     /// Writes the docs from these figures.
     fn write_docs(&self, root: &Path) -> Result<()> {
-        let md = self.markdown()?;
         let (servers, samples) = self.figures()?;
+        let md = self.render_markdown(&servers, &samples);
         let docs = root.join("docs");
         std::fs::write(docs.join("PERFORMANCE.md"), md).context("writing docs/PERFORMANCE.md")?;
         let svg = render_svg(&self.tiers, &servers, &samples);
@@ -791,6 +800,16 @@ fn render_tables(
 const FINAL_SERVER: &str = "w04-l23";
 const BEFORE_AUDIT: &str = "w03-l22";
 
+/// The median over runs of the generator's CPU per request ÷ the server's:
+/// above 1, the generator is the first to run out of CPU.
+fn generator_over_server(list: &[Sample]) -> f64 {
+    let mut over: Vec<f64> = list
+        .iter()
+        .map(|s| s.generator_us_per_req / s.server_us_per_req)
+        .collect();
+    median(&mut over)
+}
+
 /// The generator's CPU time per request beside the final server's, per
 /// tier (medians), with the part spent in the generator's own code.
 fn render_generator(tiers: &[Tier], samples: &BTreeMap<(usize, &str), Vec<Sample>>) -> Vec<String> {
@@ -803,6 +822,7 @@ fn render_generator(tiers: &[Tier], samples: &BTreeMap<(usize, &str), Vec<Sample
         let mut user: Vec<f64> = list.iter().map(|s| s.generator_user_us_per_req).collect();
         let mut srv: Vec<f64> = list.iter().map(|s| s.server_us_per_req).collect();
         let mut segs: Vec<f64> = list.iter().map(|s| s.segments_per_req).collect();
+        let over = generator_over_server(list);
         let (gen, user, srv) = (median(&mut gen), median(&mut user), median(&mut srv));
         lines.push(format!(
             "- {}: generator {gen:.2} µs CPU per request ({user:.2} µs of it in its own code, \
@@ -810,7 +830,7 @@ fn render_generator(tiers: &[Tier], samples: &BTreeMap<(usize, &str), Vec<Sample
              {:.1} TCP segments per request; generator ÷ server ×{:.2}",
             tier.label(),
             median(&mut segs),
-            gen / srv.max(1e-9)
+            over
         ));
     }
     lines
@@ -830,11 +850,7 @@ fn render_targets(
         if tier.rate.is_none() {
             let ratio = median_ratio(samples, t, key, |s| s.rps);
             let cpu_ratio = median_ratio(samples, t, key, |s| s.server_us_per_req);
-            let mut over: Vec<f64> = list
-                .iter()
-                .map(|s| s.generator_us_per_req / s.server_us_per_req)
-                .collect();
-            let generator_over_server = median(&mut over);
+            let generator_over_server = generator_over_server(list);
             // When the generator needs more CPU per request than the server,
             // both sit at 100 % of their cores and the generator's ceiling is
             // what the tier measures, for this server and tokio alike.

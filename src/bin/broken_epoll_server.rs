@@ -82,9 +82,19 @@ fn main() -> io::Result<()> {
     }
 }
 
-/// Reads once (4 KiB), until a short read, or until WouldBlock; false when
-/// the connection is over.
-fn read_in(conn: &mut Conn, drain: bool, stop_when_short: bool) -> bool {
+/// How far one readiness event makes `read_in` read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadMode {
+    /// One 4 KiB read.
+    Once,
+    /// Until a read returns less than 4 KiB (or WouldBlock).
+    UntilShort,
+    /// Until WouldBlock: the correct edge-triggered way.
+    Drain,
+}
+
+/// Reads as far as `mode` says; false when the connection is over.
+fn read_in(conn: &mut Conn, mode: ReadMode) -> bool {
     let mut chunk = [0u8; 4096];
     loop {
         match conn.stream.read(&mut chunk) {
@@ -94,7 +104,8 @@ fn read_in(conn: &mut Conn, drain: bool, stop_when_short: bool) -> bool {
             }
             Ok(n) => {
                 conn.inbuf.extend_from_slice(&chunk[..n]);
-                if !drain || (stop_when_short && n < chunk.len()) {
+                let short = n < chunk.len();
+                if mode == ReadMode::Once || (mode == ReadMode::UntilShort && short) {
                     return true;
                 }
             }
@@ -142,7 +153,11 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
     } else {
         EpollFlags::EPOLLET
     };
-    let drain_reads = bug != Bug::OneReadPerEvent;
+    let read_mode = match bug {
+        Bug::OneReadPerEvent => ReadMode::Once,
+        Bug::StopAfterShortRead => ReadMode::UntilShort,
+        _ => ReadMode::Drain,
+    };
     let drain_accepts = bug != Bug::AcceptOnce;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(
@@ -199,7 +214,7 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
             let mut alive = true;
             let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
             if event.events().intersects(readable) && !conn.closed {
-                alive = read_in(conn, drain_reads, bug == Bug::StopAfterShortRead);
+                alive = read_in(conn, read_mode);
             }
             alive = alive && echo_and_flush(conn);
             if alive && conn.closed && conn.outbuf.is_empty() {
@@ -253,7 +268,7 @@ fn poll_loop(listener: &TcpListener) -> io::Result<()> {
                 continue;
             }
             let conn = &mut conns[i];
-            let alive = read_in(conn, false, false) && echo_and_flush(conn);
+            let alive = read_in(conn, ReadMode::Once) && echo_and_flush(conn);
             if !alive || (conn.closed && conn.outbuf.is_empty()) {
                 conns.swap_remove(i);
             }

@@ -103,11 +103,14 @@ const FALLBACK_SOURCE_ADDRESSES: usize = 8;
 /// The epoll token of the rate timer; connections use their index.
 const TIMER_TOKEN: u64 = u64::MAX;
 
-/// At a fixed rate the timer wakes the loop at most this often; the requests
-/// that fell due meanwhile go out together. A timer per request would cost
-/// the generator more CPU per request than the server spends. A request sent
-/// late is still timed from when it was due, so batching can only add to
-/// the measured latency (at most this much), never hide any.
+/// At a fixed rate the timer is never set to fire sooner than this from
+/// now: the requests that fall due meanwhile go out together (and any
+/// wake-up for an echo sends what is due too), rather than one timer
+/// wake-up per request. Measured at 50k req/s over 10k connections, this
+/// lowered the median latency (about 100 to 75 µs) and barely changed the
+/// generator's CPU per request, which is mostly the kernel's TCP work. A
+/// request sent late is still timed from when it was due, so batching can
+/// only add to the measured latency, never hide any.
 const RATE_TIMER_GRAIN: Duration = Duration::from_micros(100);
 
 /// When a run stops sending.

@@ -174,8 +174,7 @@ impl Check for Disconnects {
             // A dead server explains any failure best: give it a moment to be
             // reaped, then say so.
             let result = result.map_err(|message| {
-                std::thread::sleep(Duration::from_millis(200));
-                match server.death_notice() {
+                match server.death_notice_within(Duration::from_millis(200)) {
                     Some(death) => format!("the server died after a client's {case}: {death}"),
                     None => message,
                 }
@@ -278,22 +277,14 @@ impl Disconnects {
                     ending.describe()
                 ));
             }
-            match read_until_closed(stream, timeout) {
-                (extra, Ending::Eof) if extra.is_empty() => {}
-                (extra, ending) if ending.is_closed() => {
-                    return Err(format!(
-                        "client {client}: {} bytes more than were sent came back",
-                        extra.len()
-                    ))
-                }
-                (_, ending) => {
-                    return Err(format!(
-                        "client {client} sent one frame with EOF right behind it: the echo came back, but the server did not close the connection within {} s ({})",
-                        timeout.as_secs(),
-                        ending.describe()
-                    ))
-                }
-            }
+            closes_after_the_echoes(
+                stream,
+                timeout,
+                &format!("client {client}"),
+                &format!(
+                    "client {client} sent one frame with EOF right behind it: the echo came back"
+                ),
+            )?;
         }
         Ok(format!(
             "{clients} clients each sent a frame and EOF back to back: every frame echoed, then EOF"
@@ -343,20 +334,37 @@ impl Disconnects {
             );
             return Err(lines.join("; "));
         }
-        match read_until_closed(&mut stream, timeout) {
-            (extra, Ending::Eof) if extra.is_empty() => Ok(format!(
-                "{frames} frames ({} KiB) then shutdown(Write): all echoed, then EOF",
-                wire.len() / 1024
-            )),
-            (extra, ending) if ending.is_closed() => Err(format!(
-                "half-close: {} bytes more than were sent came back",
-                extra.len()
-            )),
-            (_, ending) => Err(format!(
-                "half-close: every echo arrived, but the server did not close the connection within {} s ({})",
-                timeout.as_secs(),
-                ending.describe()
-            )),
-        }
+        closes_after_the_echoes(
+            &mut stream,
+            timeout,
+            "half-close",
+            "half-close: every echo arrived",
+        )?;
+        Ok(format!(
+            "{frames} frames ({} KiB) then shutdown(Write): all echoed, then EOF",
+            wire.len() / 1024
+        ))
+    }
+}
+
+/// After a client's last echo: the server closes (EOF) and sends nothing
+/// more, within `timeout`. `who` and `echoed` begin the failure messages.
+fn closes_after_the_echoes(
+    stream: &mut TcpStream,
+    timeout: Duration,
+    who: &str,
+    echoed: &str,
+) -> Result<(), String> {
+    match read_until_closed(stream, timeout) {
+        (extra, Ending::Eof) if extra.is_empty() => Ok(()),
+        (extra, ending) if ending.is_closed() => Err(format!(
+            "{who}: {} bytes more than were sent came back",
+            extra.len()
+        )),
+        (_, ending) => Err(format!(
+            "{echoed}, but the server did not close the connection within {} s ({})",
+            timeout.as_secs(),
+            ending.describe()
+        )),
     }
 }
