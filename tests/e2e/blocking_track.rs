@@ -186,15 +186,23 @@ fn a_correct_pool_passes_w01_l04() {
 
 #[test]
 fn a_server_ignoring_workers_serves_too_many_at_once_and_fails_pool() {
-    fixture_fails_at(
+    let stdout = track_fixture_fails_at(
+        "broken_blocking_server",
         "w01-l04",
         "ignores-workers",
         "pool",
-        &[
-            "200 clients were served at once with --workers 10",
-            "likely cause: at most N = 10 clients may be served at once",
-        ],
+        &["likely cause: at most N = 10 clients may be served at once"],
     );
+    // How many a thread per connection serves at once depends on how fast
+    // the 200 connects get through a loaded machine (a full accept queue
+    // delays some by a SYN retry): any count above the 10 workers is the bug.
+    let served = regex::Regex::new(r"(\d+) clients were served at once with --workers 10")
+        .unwrap()
+        .captures(&stdout)
+        .unwrap_or_else(|| panic!("no count of clients served at once in:\n{stdout}"))[1]
+        .parse::<usize>()
+        .unwrap();
+    assert!(served > 10, "{stdout}");
 }
 
 #[test]
