@@ -1,12 +1,14 @@
 //! Support for the end-to-end tests in `tests/`: where the binaries are,
 //! and how to tell that no process a test started is still alive.
 //!
-//! The root package also ships `broken_server` (src/bin), the deliberately
-//! broken servers every check is shown to catch.
+//! The root package also ships the deliberately broken servers every check
+//! is shown to catch (`src/bin/broken_*`), and [`fixture`], what they share.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
+
+pub mod fixture;
 
 /// The workspace root (where course.yaml lives).
 pub fn workspace_root() -> &'static Path {

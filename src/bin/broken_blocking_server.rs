@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use epoll_course::fixture::{self, Listen};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Bug {
@@ -51,10 +52,8 @@ enum Bug {
 struct Args {
     #[arg(long, value_enum)]
     bug: Bug,
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
+    #[command(flatten)]
+    listen: Listen,
     #[arg(long, default_value_t = 65536)]
     max_frame: usize,
     /// A pool of this many workers instead of a thread per connection.
@@ -63,15 +62,12 @@ struct Args {
     /// Accepted and ignored.
     #[arg(long)]
     max_clients: Option<usize>,
-    /// Ignored: lets a test find exactly its own processes in /proc.
-    #[arg(long)]
-    tag: Option<String>,
 }
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
-    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
-    println!("listening on {}", listener.local_addr()?);
+    let listener = args.listen.bind()?;
+    fixture::announce(&listener)?;
     let (bug, max_frame) = (args.bug, args.max_frame);
     match (bug, args.workers) {
         (Bug::OneAtATime, _) => {

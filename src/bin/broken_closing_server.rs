@@ -9,10 +9,11 @@
 //! It speaks the course's command line, so the checker starts it with `--exec`.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsFd;
 
 use clap::{Parser, ValueEnum};
+use epoll_course::fixture::{self, whole_frame_within, Listen};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -40,17 +41,12 @@ enum Bug {
 struct Args {
     #[arg(long, value_enum)]
     bug: Bug,
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
+    #[command(flatten)]
+    listen: Listen,
     #[arg(long, default_value_t = 100_000)]
     max_clients: usize,
     #[arg(long, default_value_t = 65536)]
     max_frame: u32,
-    /// Ignored: lets a test find exactly its own processes in /proc.
-    #[arg(long)]
-    tag: Option<String>,
 }
 
 struct Conn {
@@ -63,23 +59,11 @@ struct Conn {
     finished: bool,
 }
 
-fn next_frame(inbuf: &[u8], max_frame: u32) -> io::Result<Option<usize>> {
-    if inbuf.len() < 4 {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes([inbuf[0], inbuf[1], inbuf[2], inbuf[3]]);
-    if len > max_frame {
-        return Err(io::Error::new(ErrorKind::InvalidData, "oversize frame"));
-    }
-    let total = 4 + len as usize;
-    Ok((inbuf.len() >= total).then_some(total))
-}
-
 fn main() -> io::Result<()> {
     let args = Args::parse();
-    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
+    let listener = args.listen.bind()?;
     listener.set_nonblocking(true)?;
-    println!("listening on {}", listener.local_addr()?);
+    fixture::announce(&listener)?;
     let mut conns: Vec<Conn> = Vec::new();
     // Sockets a leaky server forgot to close.
     let mut leaked: Vec<TcpStream> = Vec::new();
@@ -181,7 +165,7 @@ fn serve(conn: &mut Conn, ready: PollFlags, args: &Args) {
             Err(_) => conn.finished = true,
         }
         loop {
-            match next_frame(&conn.inbuf, args.max_frame) {
+            match whole_frame_within(&conn.inbuf, args.max_frame) {
                 Ok(Some(total)) => conn.outbuf.extend(conn.inbuf.drain(..total)),
                 Ok(None) => break,
                 Err(_) => {

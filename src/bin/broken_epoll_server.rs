@@ -7,12 +7,12 @@
 //! and accepts and ignores the lessons' other flags.
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use epoll_course::fixture::{self, LessonFlags, Listen};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -40,19 +40,10 @@ enum Bug {
 struct Args {
     #[arg(long, value_enum)]
     bug: Bug,
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    #[arg(long)]
-    max_clients: Option<usize>,
-    #[arg(long)]
-    max_frame: Option<usize>,
-    #[arg(long)]
-    max_events: Option<usize>,
-    /// Ignored: lets a test find exactly its own processes in /proc.
-    #[arg(long)]
-    tag: Option<String>,
+    #[command(flatten)]
+    listen: Listen,
+    #[command(flatten)]
+    lesson: LessonFlags,
 }
 
 const LISTENER: u64 = u64::MAX;
@@ -67,15 +58,13 @@ struct Conn {
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
-    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
+    let listener = args.listen.bind()?;
     listener.set_nonblocking(true)?;
-    println!("listening on {}", listener.local_addr()?);
+    fixture::announce(&listener)?;
     match args.bug {
         Bug::PollWithDecoyEpoll => poll_loop(&listener),
         Bug::TwoThreads => {
-            std::thread::spawn(|| loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            });
+            std::thread::spawn(|| fixture::park_forever());
             epoll_loop(&listener, args.bug)
         }
         bug => epoll_loop(&listener, bug),
@@ -118,33 +107,8 @@ fn read_in(conn: &mut Conn, mode: ReadMode) -> bool {
 
 /// Moves whole frames to `outbuf` and writes what the socket takes.
 fn echo_and_flush(conn: &mut Conn) -> bool {
-    loop {
-        if conn.inbuf.len() < 4 {
-            break;
-        }
-        let len = u32::from_be_bytes([conn.inbuf[0], conn.inbuf[1], conn.inbuf[2], conn.inbuf[3]]);
-        let total = 4 + len as usize;
-        if conn.inbuf.len() < total {
-            break;
-        }
-        let frame: Vec<u8> = conn.inbuf.drain(..total).collect();
-        conn.outbuf.extend_from_slice(&frame);
-    }
-    let mut written = 0;
-    let ok = loop {
-        if written == conn.outbuf.len() {
-            break true;
-        }
-        match conn.stream.write(&conn.outbuf[written..]) {
-            Ok(0) => break false,
-            Ok(n) => written += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break true,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => break false,
-        }
-    };
-    conn.outbuf.drain(..written);
-    ok
+    fixture::move_whole_frames(&mut conn.inbuf, &mut conn.outbuf);
+    fixture::flush(&mut conn.stream, &mut conn.outbuf)
 }
 
 fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {

@@ -9,11 +9,12 @@
 //! and accepts and ignores the lessons' other flags.
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 
 use clap::{Parser, ValueEnum};
+use epoll_course::fixture::{self, LessonFlags, Listen};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
@@ -47,21 +48,10 @@ enum Bug {
 struct Args {
     #[arg(long, value_enum)]
     bug: Bug,
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    #[arg(long)]
-    max_clients: Option<usize>,
-    #[arg(long)]
-    max_frame: Option<usize>,
-    #[arg(long)]
-    max_events: Option<usize>,
-    #[arg(long)]
-    stats: bool,
-    /// Ignored: lets a test find exactly its own processes in /proc.
-    #[arg(long)]
-    tag: Option<String>,
+    #[command(flatten)]
+    listen: Listen,
+    #[command(flatten)]
+    lesson: LessonFlags,
 }
 
 const LISTENER: u64 = u64::MAX;
@@ -119,14 +109,14 @@ fn main() -> io::Result<()> {
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
-    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
+    let listener = args.listen.bind()?;
     if args.bug != Bug::SmallBacklog {
         // Linux lets listen() be called again to change the backlog.
         nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::new(4096)?)?;
     }
     listener.set_nonblocking(true)?;
-    println!("listening on {}", listener.local_addr()?);
-    let stats = args.stats && args.bug != Bug::NoStats;
+    fixture::announce(&listener)?;
+    let stats = args.lesson.stats && args.bug != Bug::NoStats;
     epoll_loop(&listener, args.bug, stats)
 }
 
@@ -152,53 +142,25 @@ fn report(bug: Bug, active: usize, pending: usize, requests: u64, bytes: u64, se
 /// Reads until WouldBlock; false when the connection is broken.
 fn read_in(conn: &mut Conn) -> bool {
     let mut chunk = [0u8; 16384];
-    loop {
-        match conn.stream.read(&mut chunk) {
-            Ok(0) => {
-                conn.closed = true;
-                return true;
-            }
-            Ok(n) => conn.inbuf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return false,
+    match fixture::read_until_blocked(&mut conn.stream, &mut chunk, &mut conn.inbuf) {
+        Ok(eof) => {
+            conn.closed |= eof;
+            true
         }
+        Err(_) => false,
     }
 }
 
 /// Moves whole frames to `outbuf` and writes what the socket takes.
 fn echo_and_flush(conn: &mut Conn, bug: Bug, requests: &mut u64) -> bool {
-    while conn.inbuf.len() >= 4 {
-        let len = u32::from_be_bytes([conn.inbuf[0], conn.inbuf[1], conn.inbuf[2], conn.inbuf[3]]);
-        let total = 4 + len as usize;
-        if conn.inbuf.len() < total {
-            break;
-        }
-        let frame: Vec<u8> = conn.inbuf.drain(..total).collect();
-        conn.outbuf.extend_from_slice(&frame);
-        *requests += 1;
-    }
+    *requests += fixture::move_whole_frames(&mut conn.inbuf, &mut conn.outbuf);
     if bug == Bug::DropPartialWrite {
         let ok =
             !matches!(conn.stream.write(&conn.outbuf), Err(e) if e.kind() != ErrorKind::WouldBlock);
         conn.outbuf.clear();
         return ok;
     }
-    let mut written = 0;
-    let ok = loop {
-        if written == conn.outbuf.len() {
-            break true;
-        }
-        match conn.stream.write(&conn.outbuf[written..]) {
-            Ok(0) => break false,
-            Ok(n) => written += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break true,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => break false,
-        }
-    };
-    conn.outbuf.drain(..written);
-    ok
+    fixture::flush(&mut conn.stream, &mut conn.outbuf)
 }
 
 fn epoll_loop(listener: &TcpListener, bug: Bug, stats: bool) -> io::Result<()> {

@@ -6,12 +6,13 @@
 //! and accepts and ignores the lessons' other flags.
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use epoll_course::fixture::{self, LessonFlags, Listen};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
@@ -31,21 +32,10 @@ enum Bug {
 struct Args {
     #[arg(long, value_enum)]
     bug: Bug,
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    #[arg(long)]
-    max_clients: Option<usize>,
-    #[arg(long)]
-    max_frame: Option<usize>,
-    #[arg(long)]
-    max_events: Option<usize>,
-    #[arg(long)]
-    stats: bool,
-    /// Ignored: lets a test find exactly its own processes in /proc.
-    #[arg(long)]
-    tag: Option<String>,
+    #[command(flatten)]
+    listen: Listen,
+    #[command(flatten)]
+    lesson: LessonFlags,
 }
 
 const LISTENER: u64 = u64::MAX;
@@ -65,26 +55,21 @@ fn main() -> io::Result<()> {
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
-    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
+    let listener = args.listen.bind()?;
     nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::new(4096)?)?;
     listener.set_nonblocking(true)?;
-    println!("listening on {}", listener.local_addr()?);
+    fixture::announce(&listener)?;
     epoll_loop(&listener, args.bug)
 }
 
 /// Reads until WouldBlock; false when the connection is broken.
 fn read_in(conn: &mut Conn, chunk: &mut [u8]) -> bool {
-    loop {
-        match conn.stream.read(chunk) {
-            Ok(0) => {
-                conn.closed = true;
-                return true;
-            }
-            Ok(n) => conn.inbuf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return false,
+    match fixture::read_until_blocked(&mut conn.stream, chunk, &mut conn.inbuf) {
+        Ok(eof) => {
+            conn.closed |= eof;
+            true
         }
+        Err(_) => false,
     }
 }
 
@@ -110,21 +95,7 @@ fn echo_and_flush(conn: &mut Conn, bug: Bug) -> bool {
         start += 4 + len;
     }
     conn.inbuf.drain(..start);
-    let mut written = 0;
-    let ok = loop {
-        if written == conn.outbuf.len() {
-            break true;
-        }
-        match conn.stream.write(&conn.outbuf[written..]) {
-            Ok(0) => break false,
-            Ok(n) => written += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break true,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => break false,
-        }
-    };
-    conn.outbuf.drain(..written);
-    ok
+    fixture::flush(&mut conn.stream, &mut conn.outbuf)
 }
 
 fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {

@@ -7,11 +7,11 @@
 //! It speaks the course's command line, so the checker starts it with `--exec`.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsFd;
-use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use epoll_course::fixture::{self, whole_frame_within, Listen};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -39,17 +39,13 @@ enum Bug {
 struct Args {
     #[arg(long, value_enum)]
     bug: Bug,
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
+    #[command(flatten)]
+    listen: Listen,
+    /// Accepted and ignored.
     #[arg(long)]
     max_clients: Option<usize>,
     #[arg(long, default_value_t = 65536)]
     max_frame: u32,
-    /// Ignored: lets a test find exactly its own processes in /proc.
-    #[arg(long)]
-    tag: Option<String>,
 }
 
 struct Conn {
@@ -59,22 +55,10 @@ struct Conn {
     closed: bool,
 }
 
-fn next_frame(inbuf: &[u8], max_frame: u32) -> io::Result<Option<usize>> {
-    if inbuf.len() < 4 {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes([inbuf[0], inbuf[1], inbuf[2], inbuf[3]]);
-    if len > max_frame {
-        return Err(io::Error::new(ErrorKind::InvalidData, "oversize frame"));
-    }
-    let total = 4 + len as usize;
-    Ok((inbuf.len() >= total).then_some(total))
-}
-
 fn main() -> io::Result<()> {
     let args = Args::parse();
-    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
-    println!("listening on {}", listener.local_addr()?);
+    let listener = args.listen.bind()?;
+    fixture::announce(&listener)?;
     if args.bug == Bug::Sequential {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -93,9 +77,7 @@ fn main() -> io::Result<()> {
         return Ok(());
     }
     if args.bug == Bug::TwoThreads {
-        std::thread::spawn(|| loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        });
+        std::thread::spawn(|| fixture::park_forever());
     }
     listener.set_nonblocking(true)?;
     let timeout = if args.bug == Bug::BusyLoop {
@@ -156,7 +138,9 @@ fn serve(conn: &mut Conn, ready: PollFlags, args: &Args) {
         if args.bug == Bug::StallOnPartial && !conn.inbuf.is_empty() {
             // Wait (blocking) for the rest of the frame.
             let _ = conn.stream.set_nonblocking(false);
-            while !conn.closed && matches!(next_frame(&conn.inbuf, args.max_frame), Ok(None)) {
+            while !conn.closed
+                && matches!(whole_frame_within(&conn.inbuf, args.max_frame), Ok(None))
+            {
                 match conn.stream.read(&mut chunk) {
                     Ok(0) | Err(_) => conn.closed = true,
                     Ok(n) => conn.inbuf.extend_from_slice(&chunk[..n]),
@@ -165,7 +149,7 @@ fn serve(conn: &mut Conn, ready: PollFlags, args: &Args) {
             let _ = conn.stream.set_nonblocking(true);
         }
         loop {
-            match next_frame(&conn.inbuf, args.max_frame) {
+            match whole_frame_within(&conn.inbuf, args.max_frame) {
                 Ok(Some(total)) => {
                     conn.outbuf.extend(conn.inbuf.drain(..total));
                     if args.bug == Bug::OneFramePerRead {

@@ -18,6 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
+use epoll_course::fixture::{self, LessonFlags, Listen};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
@@ -57,27 +58,14 @@ impl Bug {
 struct Args {
     #[arg(long, value_enum)]
     bug: Bug,
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
+    #[command(flatten)]
+    listen: Listen,
     #[arg(long, default_value_t = 1)]
     threads: usize,
     #[arg(long)]
-    max_clients: Option<usize>,
-    #[arg(long)]
-    max_frame: Option<usize>,
-    #[arg(long)]
-    max_events: Option<usize>,
-    #[arg(long)]
-    max_pending: Option<usize>,
-    #[arg(long)]
     root: Option<String>,
-    #[arg(long)]
-    stats: bool,
-    /// Ignored: lets a test find exactly its own processes in /proc.
-    #[arg(long)]
-    tag: Option<String>,
+    #[command(flatten)]
+    lesson: LessonFlags,
 }
 
 /// Listener tokens are `LISTENER_BASE + index`; clients use their fd.
@@ -101,7 +89,7 @@ struct Mode {
 fn main() -> io::Result<()> {
     let args = Args::parse();
     let n = args.threads.max(1);
-    let mut addr: SocketAddr = (args.host.as_str(), args.port)
+    let mut addr: SocketAddr = (args.listen.host.as_str(), args.listen.port)
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::other("no address"))?;
@@ -111,7 +99,7 @@ fn main() -> io::Result<()> {
         addr = listener.local_addr()?;
         listeners.push(Arc::new(listener));
     }
-    println!("listening on {addr}");
+    fixture::announce(&listeners[0])?;
     let mut epolls = Vec::new();
     for _ in 0..n {
         epolls.push(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
@@ -251,12 +239,8 @@ fn serve(conn: &mut Conn, mode: &Mode, frames: &mut Vec<Vec<u8>>) -> bool {
             conn.inbuf = inbuf;
         }
         None if mode.bug.broadcasts() => {
-            while inbuf.len() >= 4 {
-                let len = u32::from_be_bytes([inbuf[0], inbuf[1], inbuf[2], inbuf[3]]) as usize;
-                if inbuf.len() < 4 + len {
-                    break;
-                }
-                frames.push(inbuf.drain(..4 + len).collect());
+            while let Some(total) = fixture::whole_frame(&inbuf) {
+                frames.push(inbuf.drain(..total).collect());
             }
             conn.inbuf = inbuf;
         }

@@ -8,11 +8,12 @@
 //! It speaks the course's command line, so the checker starts it with `--exec`.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use epoll_course::fixture::{self, Listen};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -48,10 +49,9 @@ enum Bug {
 struct Args {
     #[arg(long, value_enum)]
     bug: Bug,
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
+    /// The server's address; in the client modes, the one to connect to.
+    #[command(flatten)]
+    listen: Listen,
     #[arg(long, default_value_t = 100_000)]
     max_clients: usize,
     #[arg(long, default_value_t = 65536)]
@@ -67,9 +67,6 @@ struct Args {
     frames: u64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Ignored: lets a test find exactly its own processes in /proc.
-    #[arg(long)]
-    tag: Option<String>,
 }
 
 struct Conn {
@@ -103,8 +100,8 @@ fn main() -> io::Result<()> {
     ) {
         std::process::exit(client_main(&args));
     }
-    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
-    println!("listening on {}", listener.local_addr()?);
+    let listener = args.listen.bind()?;
+    fixture::announce(&listener)?;
     listener.set_nonblocking(true)?;
     let idle = args.idle_timeout.map(Duration::from_secs);
     let mut conns: Vec<Conn> = Vec::new();
@@ -258,7 +255,7 @@ fn serve(conn: &mut Conn, ready: PollFlags, args: &Args) -> io::Result<bool> {
 
 /// The w02-l15 client modes: `clients` threads, `frames` frames each.
 fn client_main(args: &Args) -> i32 {
-    let address = format!("{}:{}", args.host, args.port);
+    let address = format!("{}:{}", args.listen.host, args.listen.port);
     let handles: Vec<_> = (0..args.clients)
         .map(|c| {
             let (address, frames, seed, bug) = (address.clone(), args.frames, args.seed, args.bug);

@@ -10,9 +10,9 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use epoll_course::fixture::{self, park_forever, LessonFlags, Listen};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Bug {
@@ -58,38 +58,28 @@ enum Bug {
 struct Args {
     #[arg(long, value_enum)]
     bug: Bug,
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// Lesson flags the fixtures accept and ignore.
-    #[arg(long)]
-    max_clients: Option<usize>,
-    #[arg(long)]
-    max_frame: Option<usize>,
-    /// Ignored: lets a test find exactly its own processes in /proc.
-    #[arg(long)]
-    tag: Option<String>,
+    #[command(flatten)]
+    listen: Listen,
+    #[command(flatten)]
+    lesson: LessonFlags,
 }
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
     if args.bug == Bug::NeverListen {
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
+        park_forever();
     }
     if args.bug == Bug::ExitAtOnce {
         return Ok(());
     }
-    let listener = TcpListener::bind((args.host.as_str(), args.port))?;
+    let listener = args.listen.bind()?;
     if args.bug == Bug::WrongPortLine {
         let unused = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         println!("listening on {unused}");
         drop(listener);
         park_forever();
     }
-    println!("listening on {}", listener.local_addr()?);
+    fixture::announce(&listener)?;
     start_side_effects(args.bug)?;
     if args.bug == Bug::BindNoAccept {
         park_forever();
@@ -114,12 +104,6 @@ fn main() -> io::Result<()> {
         });
     }
     Ok(())
-}
-
-fn park_forever() -> ! {
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
 }
 
 /// What the hostile bugs do beside serving: flood, spin, eat memory,
@@ -194,8 +178,8 @@ fn serve(mut stream: TcpStream, bug: Bug, frames_served: &AtomicUsize) -> io::Re
         }
         pending.extend_from_slice(&chunk[..n]);
         let mut frames = Vec::new();
-        while let Some(frame) = take_frame(&mut pending) {
-            frames.push(frame);
+        while let Some(total) = fixture::whole_frame(&pending) {
+            frames.push(pending.drain(..total).collect::<Vec<u8>>());
         }
         if bug == Bug::MergeFrames && frames.len() >= 2 {
             let merged: Vec<u8> = frames.iter().flat_map(|f| f[4..].to_vec()).collect();
@@ -216,16 +200,4 @@ fn serve(mut stream: TcpStream, bug: Bug, frames_served: &AtomicUsize) -> io::Re
             stream.write_all(&frame)?;
         }
     }
-}
-
-/// Splits one whole frame (header included) off the front of `pending`.
-fn take_frame(pending: &mut Vec<u8>) -> Option<Vec<u8>> {
-    if pending.len() < 4 {
-        return None;
-    }
-    let len = u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize;
-    if pending.len() < 4 + len {
-        return None;
-    }
-    Some(pending.drain(..4 + len).collect())
 }

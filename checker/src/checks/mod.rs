@@ -12,6 +12,10 @@ use crate::course::Lesson;
 use crate::report::{StepOutcome, Transcript};
 use crate::server::{Launch, ListenWait, Server};
 
+/// How long a failing step waits for a dying server to be reaped before it
+/// quotes the evidence (a live server costs the failure this much, once).
+const DEATH_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
 mod backpressure;
 mod bad_input;
 mod broadcast;
@@ -326,10 +330,13 @@ impl Ctx<'_> {
         })
     }
 
-    /// A quoted tail of the server's output, or a note of its death.
+    /// A quoted tail of the server's output, and a note of its death if it
+    /// died. A server that crashed is often still being reaped when its
+    /// clients see the reset, so a failure gives it a moment to be seen dead:
+    /// the verdict then names the exit, whichever side noticed first.
     pub fn server_evidence(server: &mut Server) -> Vec<String> {
         let mut lines = Vec::new();
-        if let Some(death) = server.death_notice() {
+        if let Some(death) = server.death_notice_within(DEATH_GRACE) {
             lines.push(death);
         }
         lines.extend(server.output_tail(20));
