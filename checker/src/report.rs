@@ -119,6 +119,20 @@ struct StepRecord {
     hints: Vec<HintNote>,
 }
 
+/// The death notice among a failing step's evidence when the step's own
+/// message does not tell of it: a probe that failed on what its clients saw
+/// (a closed connection, a short echo) while the server was dying.
+fn unnoticed_death(outcome: &StepOutcome) -> Option<&str> {
+    if crate::server::tells_of_death(&outcome.message) {
+        return None;
+    }
+    outcome.evidence.iter().map(String::as_str).find(|line| {
+        crate::server::DEATH_NOTICE_STARTS
+            .iter()
+            .any(|start| line.starts_with(start))
+    })
+}
+
 fn figures_as_map<S: serde::Serializer>(
     figures: &[(String, String)],
     s: S,
@@ -225,6 +239,10 @@ impl Transcript {
                 .any(|l| l.contains("not yet implemented"))
             {
                 self.say("      note: the server reached a `todo!()` of the stub: fill in the `// TODO:` gaps");
+            } else if let Some(death) = unnoticed_death(outcome) {
+                self.say(format!(
+                    "      note: {death} during this step: what the clients saw follows from that, so find out why first (its last output is quoted below)"
+                ));
             }
             for line in &outcome.evidence {
                 self.say(format!("      │ {line}"));
@@ -334,4 +352,27 @@ pub struct RunSummary {
     pub verdict: String,
     pub proof: String,
     pub note: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_death_is_noted_only_when_the_message_does_not_already_tell_of_it() {
+        let died = "the server exited (killed by SIGABRT)".to_string();
+        let quoted = "[server:stderr] the server exited (a line it printed)".to_string();
+
+        let clients_saw = StepOutcome::fail("client 3: connection reset")
+            .evidence([quoted.clone(), died.clone()]);
+        assert_eq!(unnoticed_death(&clients_saw), Some(died.as_str()));
+
+        let already_said =
+            StepOutcome::fail(format!("{died} during the pool step")).evidence([died.clone()]);
+        assert_eq!(unnoticed_death(&already_said), None);
+
+        // The server's own output never passes for the checker's notice.
+        let alive = StepOutcome::fail("client 3: connection reset").evidence([quoted]);
+        assert_eq!(unnoticed_death(&alive), None);
+    }
 }

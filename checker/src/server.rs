@@ -86,6 +86,15 @@ pub struct StartFailure {
     pub output: Vec<String>,
 }
 
+/// How every [`Server::death_notice`] begins: the server exited, or the
+/// checker stopped it.
+pub const DEATH_NOTICE_STARTS: [&str; 2] = ["the server exited", "the checker stopped the server:"];
+
+/// Whether `text` tells of the server's death (it holds a death notice).
+pub fn tells_of_death(text: &str) -> bool {
+    DEATH_NOTICE_STARTS.iter().any(|start| text.contains(start))
+}
+
 /// A running server. Dropping it kills the whole process group.
 pub struct Server {
     child: Child,
@@ -279,7 +288,8 @@ impl Server {
         self.death_notice()
     }
 
-    /// A verdict-ready description if the server is no longer running.
+    /// A verdict-ready description if the server is no longer running
+    /// (it starts with one of [`DEATH_NOTICE_STARTS`]).
     pub fn death_notice(&mut self) -> Option<String> {
         let status = self.try_exit_status()?;
         let rss = self
@@ -288,12 +298,17 @@ impl Server {
             .load(std::sync::atomic::Ordering::SeqCst);
         if rss > 0 {
             return Some(format!(
-                "the checker stopped the server: its memory (RSS) reached {} MiB, past the {} MiB limit — memory that grows without bound",
+                "{} its memory (RSS) reached {} MiB, past the {} MiB limit — memory that grows without bound",
+                DEATH_NOTICE_STARTS[1],
                 rss / 1024,
                 rss_limit_kib() / 1024
             ));
         }
-        Some(format!("the server exited ({})", describe_status(status)))
+        Some(format!(
+            "{} ({})",
+            DEATH_NOTICE_STARTS[0],
+            describe_status(status)
+        ))
     }
 
     /// The newest `n` lines of captured output, prefixed for quoting.

@@ -30,6 +30,9 @@ enum Bug {
     MergeFrames,
     /// Flips one payload byte in every 100th frame it echoes.
     CorruptByte,
+    /// Aborts the whole process when its first whole frame arrives: its
+    /// client sees the connection end while the process is still dying.
+    AbortOnFirstFrame,
     // Hostile servers: wrong as whole programs, not as echo servers.
     /// Serves correctly while printing endless lines to stdout and stderr.
     FloodOutput,
@@ -189,6 +192,10 @@ fn serve(mut stream: TcpStream, bug: Bug, frames_served: &AtomicUsize) -> io::Re
         }
         for mut frame in frames {
             let served = frames_served.fetch_add(1, Ordering::SeqCst) + 1;
+            if bug == Bug::AbortOnFirstFrame {
+                eprintln!("simulated crash on the first frame");
+                std::process::abort();
+            }
             if bug == Bug::CrashMidRun && served == 700 {
                 // A panic would end only this thread; a crash ends the process.
                 eprintln!("simulated crash after {served} frames");

@@ -47,6 +47,37 @@ fn a_server_that_crashes_mid_run_is_reported_with_its_exit_and_output() {
 }
 
 #[test]
+fn a_crash_that_clients_see_as_a_closed_connection_is_named_as_the_thing_to_fix() {
+    // The frames probe fails on what its client saw (the connection ended
+    // before the echo); the report must add that the server died, and how,
+    // not leave the student to find it among the quoted output.
+    for round in 0..3 {
+        let tag = format!("hostile-abort-{round}");
+        let (output, stdout) = run_checker(&[
+            "w01-l02",
+            "--exec",
+            &fixture_exec("abort-on-first-frame", &tag),
+        ]);
+        assert_eq!(exit_code(&output), 1, "{stdout}");
+        assert!(
+            stdout.contains("FAILED w01-l02 at step `frames`"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(
+                "note: the server exited (killed by SIGABRT) during this step: what the clients saw follows from that"
+            ),
+            "round {round}:\n{stdout}"
+        );
+        assert!(
+            stdout.contains("[server:stderr] simulated crash on the first frame"),
+            "round {round}:\n{stdout}"
+        );
+        assert_nothing_left(&tag);
+    }
+}
+
+#[test]
 fn a_server_that_hangs_fails_by_timeout_not_by_hanging_the_checker() {
     let tag = "hostile-hang";
     let (output, stdout) = run_checker(&["w02-l16", "--exec", &fixture_exec("hang", tag)]);
