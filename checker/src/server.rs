@@ -103,6 +103,8 @@ pub struct Server {
     output: Arc<OutputLog>,
     readers: Vec<JoinHandle<()>>,
     stopped: bool,
+    /// Whether the output of a server seen dead was read to its end.
+    drained_after_death: bool,
     marker: String,
     watchdog: Arc<Watchdog>,
 }
@@ -177,6 +179,7 @@ impl Server {
             output,
             readers,
             stopped: false,
+            drained_after_death: false,
             marker,
             watchdog,
         };
@@ -292,6 +295,13 @@ impl Server {
     /// (it starts with one of [`DEATH_NOTICE_STARTS`]).
     pub fn death_notice(&mut self) -> Option<String> {
         let status = self.try_exit_status()?;
+        // Its last words (a panic message, an abort's line) may still be in
+        // the pipes: let the readers reach the end before anyone quotes
+        // them. Once: a child that inherited the pipes can hold them open.
+        if !self.drained_after_death {
+            self.drained_after_death = true;
+            self.wait_for_readers(Duration::from_millis(300));
+        }
         let rss = self
             .watchdog
             .killed_at_rss_kib

@@ -15,8 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use super::hold::{read_echo, Echoed};
-use super::{Check, Ctx};
+use super::{Check, Ctx, Readiness};
 use crate::report::StepOutcome;
+use crate::server::Server;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -104,11 +105,14 @@ impl Check for SlowReader {
             {
                 Ok(stream) => stream,
                 Err(err) => {
+                    if let Some(died) = died_meanwhile(&mut server, &readiness) {
+                        return Ok(died);
+                    }
                     return Ok(StepOutcome::fail(format!(
                     "client {client}: connect failed while the slow client was not reading: {err}"
                 ))
                     .cause("the server stopped accepting while one client's echoes were backed up")
-                    .evidence(Ctx::server_evidence(&mut server)))
+                    .evidence(Ctx::server_evidence(&mut server)));
                 }
             };
             let _ = stream.set_nodelay(true);
@@ -126,6 +130,9 @@ impl Check for SlowReader {
                 match outcome {
                     Echoed::Complete(got) if got == sent => echoed += 1,
                     _ => {
+                        if let Some(died) = died_meanwhile(&mut server, &readiness) {
+                            return Ok(died.figure("echoed_meanwhile", echoed));
+                        }
                         return Ok(StepOutcome::fail(format!(
                             "client {client}, frame {frame}: no exact echo within 5 s while another client was not reading its echoes"
                         ))
@@ -214,4 +221,16 @@ impl Check for SlowReader {
             self.clients
         )))
     }
+}
+
+/// The verdict when another client failed because the server had died:
+/// whether its connect was refused or its echo cut short depends only on
+/// when the death came, so both say the same thing.
+fn died_meanwhile(server: &mut Server, readiness: &Readiness) -> Option<StepOutcome> {
+    let death = server.death_notice_within(super::DEATH_GRACE)?;
+    Some(
+        StepOutcome::fail(format!("{death} while the slow client was not reading"))
+            .cause(format!("a client that does not read must not end the server: when write() takes only part of the bytes or says WouldBlock, keep the rest in that connection's write buffer and go back to {}", readiness.wait))
+            .evidence(Ctx::server_evidence(server)),
+    )
 }
