@@ -126,11 +126,11 @@ fn unnoticed_death(outcome: &StepOutcome) -> Option<&str> {
     if crate::server::tells_of_death(&outcome.message) {
         return None;
     }
-    outcome.evidence.iter().map(String::as_str).find(|line| {
-        crate::server::DEATH_NOTICE_STARTS
-            .iter()
-            .any(|start| line.starts_with(start))
-    })
+    outcome
+        .evidence
+        .iter()
+        .map(String::as_str)
+        .find(|line| crate::server::is_death_notice(line))
 }
 
 fn figures_as_map<S: serde::Serializer>(
@@ -274,8 +274,6 @@ impl Transcript {
         });
     }
 
-    /// Prints the verdict and the proof block (text), or the whole JSON
-    /// result; returns the captured text transcript, if capturing.
     /// The steps so far as a JUnit report, one test case per step, for CI
     /// systems that show test results (`checker <id> --junit FILE`).
     pub fn junit(&self, lesson_id: &str, title: &str, seed: u64) -> String {
@@ -311,6 +309,8 @@ impl Transcript {
         report.to_string().unwrap_or_default()
     }
 
+    /// Prints the verdict and the proof block (text), or the whole JSON
+    /// result; returns the captured text transcript, if capturing.
     pub fn finish(self, summary: &RunSummary) -> Option<String> {
         match self.format {
             None | Some(Format::Text) => {

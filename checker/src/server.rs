@@ -86,13 +86,21 @@ pub struct StartFailure {
     pub output: Vec<String>,
 }
 
-/// How every [`Server::death_notice`] begins: the server exited, or the
-/// checker stopped it.
-pub const DEATH_NOTICE_STARTS: [&str; 2] = ["the server exited", "the checker stopped the server:"];
+/// How a [`Server::death_notice`] begins when the server exited by itself.
+const EXITED: &str = "the server exited";
+/// How it begins when the checker stopped the server (its memory watchdog).
+const STOPPED: &str = "the checker stopped the server:";
+
+/// Whether `line` is a death notice (it begins like one).
+pub fn is_death_notice(line: &str) -> bool {
+    [EXITED, STOPPED]
+        .iter()
+        .any(|start| line.starts_with(start))
+}
 
 /// Whether `text` tells of the server's death (it holds a death notice).
 pub fn tells_of_death(text: &str) -> bool {
-    DEATH_NOTICE_STARTS.iter().any(|start| text.contains(start))
+    [EXITED, STOPPED].iter().any(|start| text.contains(start))
 }
 
 /// A running server. Dropping it kills the whole process group.
@@ -292,7 +300,7 @@ impl Server {
     }
 
     /// A verdict-ready description if the server is no longer running
-    /// (it starts with one of [`DEATH_NOTICE_STARTS`]).
+    /// (it begins as [`is_death_notice`] expects).
     pub fn death_notice(&mut self) -> Option<String> {
         let status = self.try_exit_status()?;
         // Its last words (a panic message, an abort's line) may still be in
@@ -308,17 +316,12 @@ impl Server {
             .load(std::sync::atomic::Ordering::SeqCst);
         if rss > 0 {
             return Some(format!(
-                "{} its memory (RSS) reached {} MiB, past the {} MiB limit — memory that grows without bound",
-                DEATH_NOTICE_STARTS[1],
+                "{STOPPED} its memory (RSS) reached {} MiB, past the {} MiB limit — memory that grows without bound",
                 rss / 1024,
                 rss_limit_kib() / 1024
             ));
         }
-        Some(format!(
-            "{} ({})",
-            DEATH_NOTICE_STARTS[0],
-            describe_status(status)
-        ))
+        Some(format!("{EXITED} ({})", describe_status(status)))
     }
 
     /// The newest `n` lines of captured output, prefixed for quoting.
