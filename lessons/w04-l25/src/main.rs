@@ -7,7 +7,11 @@
 //! many reads or share a read with the next requests (pipelining): the
 //! bytes wait in `inbuf` exactly like partial frames did. Connections stay
 //! open between requests (keep-alive, HTTP/1.1's default) unless the
-//! client sends `Connection: close`.
+//! client sends `Connection: close` (an HTTP/1.0 client closes unless it
+//! sends `Connection: keep-alive`). A request head longer than 8 KiB is
+//! refused (400, then close); a request body (Content-Length bytes) is
+//! dropped, never read as the next request; a method other than GET and
+//! HEAD gets 405 with `Allow: GET, HEAD`.
 //!
 //! ```text
 //! GET /index.html HTTP/1.1        HTTP/1.1 200 OK
@@ -17,10 +21,11 @@
 //! ```
 
 // TODO: two gaps make it speak HTTP: `Conn::next_request` (where a request
-// head ends) and `respond` (the response to one head, and whether to close).
-// `serve` already answers every whole head in `inbuf`, in order, and closes
-// after `Connection: close`; `resolve`, `content_type` and `response_head`
-// are given. Read `serve` first.
+// ends: its head, then a body to drop) and `respond` (the response to one
+// head, and whether to close). `serve` already answers every whole head in
+// `inbuf`, in order, and closes after a response that closes; `resolve`,
+// `content_type`, `response_head` and `error_response` are given. Read
+// `serve` first.
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -65,8 +70,8 @@ struct Args {
     stats: bool,
 }
 
-/// Longest request head (request line and headers) accepted; a longer one
-/// gets 400 and the connection is closed.
+/// Longest request head (request line, headers and the blank line) accepted,
+/// in bytes; a longer one gets 400 and the connection is closed.
 const MAX_HEAD: usize = 8 * 1024;
 
 /// How much one read() may bring in at a time.
@@ -155,6 +160,9 @@ struct Conn {
     peer: SocketAddr,
     /// Bytes received but not yet part of a complete request head.
     inbuf: Vec<u8>,
+    /// Bytes of the last request's body (its Content-Length) that have not
+    /// arrived yet: they are dropped as they come, never parsed.
+    body_left: usize,
     /// Responses waiting to be written, oldest first.
     outbuf: Vec<u8>,
     /// The client has closed its side (read returned 0): read no more, but
@@ -174,6 +182,7 @@ impl Conn {
             stream,
             peer,
             inbuf: Vec::new(),
+            body_left: 0,
             outbuf: Vec::new(),
             peer_closed: false,
             closing: false,
@@ -227,24 +236,31 @@ impl Conn {
         }
     }
 
-    /// Takes the next complete request head (request line and headers,
-    /// through the blank line) out of `inbuf`.
+    /// Takes the next request out of `inbuf` and returns its head (request
+    /// line and headers, through the blank line). A request may carry a
+    /// body, `Content-Length` bytes right after its head, whatever the
+    /// method: this server serves no body, so it is dropped, in this call
+    /// or later ones as it arrives (`body_left`), and never taken for the
+    /// start of the next request.
     ///
     /// - Ok(Some(head)): a whole head, removed from the front of `inbuf`;
-    ///   whatever follows it (pipelined requests) stays.
-    /// - Ok(None): no blank line yet. Not an error: the rest of the request
-    ///   comes in a later read.
-    /// - Err(InvalidData): no blank line within MAX_HEAD bytes.
+    ///   whatever follows its body (pipelined requests) stays.
+    /// - Ok(None): no whole head yet, or the last body is still arriving.
+    ///   Not an error: the rest comes in a later read.
+    /// - Err(InvalidData): the request cannot be framed: its head is longer
+    ///   than MAX_HEAD bytes (no blank line ends it within them), or its
+    ///   Content-Length is not one number. The caller answers 400 and
+    ///   closes.
     fn next_request(&mut self) -> io::Result<Option<Vec<u8>>> {
-        // TODO: find the first b"\r\n\r\n" in `inbuf`
-        // (`windows(4).position(..)`); drain and return everything through
-        // it. None yet: Err(InvalidData) past MAX_HEAD bytes, else Ok(None).
-        todo!("split one request head off the front of inbuf")
+        // TODO: first drop what has arrived of the last request's body; then
+        // split off one head, which must end within MAX_HEAD bytes, and
+        // remember how much body follows it (header names in any case).
+        todo!("split one request off the front of inbuf")
     }
 
     /// True when the client sent part of a request that never completed.
     fn has_partial_request(&self) -> bool {
-        !self.inbuf.is_empty()
+        !self.inbuf.is_empty() || self.body_left > 0
     }
 
     fn has_pending_output(&self) -> bool {
@@ -369,7 +385,7 @@ fn serve(conn: &mut Conn, ready: EpollFlags, root: &Path, stats: &mut Stats) -> 
                 Err(e) => {
                     eprintln!("{}: {e}", conn.peer);
                     conn.outbuf
-                        .extend_from_slice(&error_response(400, "Bad Request", true));
+                        .extend_from_slice(&error_response(400, "Bad Request", true, true));
                     conn.closing = true;
                     break;
                 }
@@ -409,13 +425,18 @@ fn serve(conn: &mut Conn, ready: EpollFlags, root: &Path, stats: &mut Stats) -> 
 // socket, so every function can be read (and tested) on its own.
 
 /// The response to one request head, and whether the connection closes
-/// after it. Only GET and HEAD of files under `root` succeed.
+/// after it. Only GET and HEAD of files under `root` succeed (200); a
+/// missing file is 404, another method 405, a head that does not parse
+/// 400 (and close). The answer to HEAD is the head GET would get, with
+/// the same Content-Length, and no body: for a 404 as for a 200. Header
+/// names are case-insensitive; HTTP/1.1 keeps the connection unless the
+/// client sent `Connection: close`, HTTP/1.0 closes it unless the client
+/// sent `Connection: keep-alive`.
 fn respond(head: &[u8], root: &Path) -> (Vec<u8>, bool) {
-    // TODO: parse `METHOD TARGET VERSION` (else 400, close) and the
-    // headers (`Name: value`; Connection: close/keep-alive; HTTP/1.0 closes
-    // by default); GET/HEAD only (else 405); `resolve` the target (None or
-    // an unreadable file: 404); 200 with `response_head` (Content-Length of
-    // the file, `content_type`), then the body for GET only.
+    // TODO: parse the request line and the headers (each malformed: 400,
+    // close), decide keep-alive from the version and `Connection`, then
+    // answer with `resolve`, `content_type`, `response_head` and
+    // `error_response` as the contract above says.
     todo!("answer one request head")
 }
 
@@ -457,19 +478,25 @@ fn content_type(path: &Path) -> &'static str {
 
 /// Status line and headers, through the blank line. Content-Length is
 /// always there: it is how a keep-alive client knows where the body ends.
+/// A 405 names the methods this server does serve (`Allow`), as HTTP
+/// requires of it.
 fn response_head(code: u16, reason: &str, length: usize, kind: &str, close: bool) -> Vec<u8> {
     let connection = if close { "close" } else { "keep-alive" };
+    let allow = if code == 405 { "Allow: GET, HEAD\r\n" } else { "" };
     format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Length: {length}\r\nContent-Type: {kind}\r\nConnection: {connection}\r\n\r\n"
+        "HTTP/1.1 {code} {reason}\r\nContent-Length: {length}\r\nContent-Type: {kind}\r\n{allow}Connection: {connection}\r\n\r\n"
     )
     .into_bytes()
 }
 
-/// A complete error response with a one-line text body.
-fn error_response(code: u16, reason: &str, close: bool) -> Vec<u8> {
+/// An error response with a one-line text body; without the body when
+/// `with_body` is false (the answer to HEAD), Content-Length unchanged.
+fn error_response(code: u16, reason: &str, close: bool, with_body: bool) -> Vec<u8> {
     let body = format!("{code} {reason}\n");
     let mut response = response_head(code, reason, body.len(), "text/plain; charset=utf-8", close);
-    response.extend_from_slice(body.as_bytes());
+    if with_body {
+        response.extend_from_slice(body.as_bytes());
+    }
     response
 }
 
@@ -724,6 +751,14 @@ fn event_loop(listener: &TcpListener, args: &Args) -> io::Result<()> {
         for event in &events[..ready] {
             if event.data() == SIGNALS {
                 if let Some(signal) = read_signal(&mut signals) {
+                    // Level-triggered, a second signal (or SIGTERM after
+                    // SIGINT) left unread would wake every epoll_wait() of
+                    // the shutdown at once: a busy loop for the whole grace
+                    // period. Stop watching the signalfd; later signals stay
+                    // blocked and pending until the process exits.
+                    if let Err(e) = epoll.delete(&signals) {
+                        eprintln!("cannot remove the signalfd from epoll: {e}");
+                    }
                     shut_down(&epoll, listener, &mut conns, signal, &mut totals, args);
                     return Ok(());
                 }

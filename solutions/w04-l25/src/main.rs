@@ -7,7 +7,11 @@
 //! many reads or share a read with the next requests (pipelining): the
 //! bytes wait in `inbuf` exactly like partial frames did. Connections stay
 //! open between requests (keep-alive, HTTP/1.1's default) unless the
-//! client sends `Connection: close`.
+//! client sends `Connection: close` (an HTTP/1.0 client closes unless it
+//! sends `Connection: keep-alive`). A request head longer than 8 KiB is
+//! refused (400, then close); a request body (Content-Length bytes) is
+//! dropped, never read as the next request; a method other than GET and
+//! HEAD gets 405 with `Allow: GET, HEAD`.
 //!
 //! ```text
 //! GET /index.html HTTP/1.1        HTTP/1.1 200 OK
@@ -59,8 +63,8 @@ struct Args {
     stats: bool,
 }
 
-/// Longest request head (request line and headers) accepted; a longer one
-/// gets 400 and the connection is closed.
+/// Longest request head (request line, headers and the blank line) accepted,
+/// in bytes; a longer one gets 400 and the connection is closed.
 const MAX_HEAD: usize = 8 * 1024;
 
 /// How much one read() may bring in at a time.
@@ -149,6 +153,9 @@ struct Conn {
     peer: SocketAddr,
     /// Bytes received but not yet part of a complete request head.
     inbuf: Vec<u8>,
+    /// Bytes of the last request's body (its Content-Length) that have not
+    /// arrived yet: they are dropped as they come, never parsed.
+    body_left: usize,
     /// Responses waiting to be written, oldest first.
     outbuf: Vec<u8>,
     /// The client has closed its side (read returned 0): read no more, but
@@ -168,6 +175,7 @@ impl Conn {
             stream,
             peer,
             inbuf: Vec::new(),
+            body_left: 0,
             outbuf: Vec::new(),
             peer_closed: false,
             closing: false,
@@ -221,28 +229,70 @@ impl Conn {
         }
     }
 
-    /// Takes the next complete request head (request line and headers,
-    /// through the blank line) out of `inbuf`.
+    /// Takes the next request out of `inbuf` and returns its head (request
+    /// line and headers, through the blank line). A request may carry a
+    /// body, `Content-Length` bytes right after its head, whatever the
+    /// method: this server serves no body, so it is dropped, in this call
+    /// or later ones as it arrives (`body_left`), and never taken for the
+    /// start of the next request.
     ///
     /// - Ok(Some(head)): a whole head, removed from the front of `inbuf`;
-    ///   whatever follows it (pipelined requests) stays.
-    /// - Ok(None): no blank line yet. Not an error: the rest of the request
-    ///   comes in a later read.
-    /// - Err(InvalidData): no blank line within MAX_HEAD bytes.
+    ///   whatever follows its body (pipelined requests) stays.
+    /// - Ok(None): no whole head yet, or the last body is still arriving.
+    ///   Not an error: the rest comes in a later read.
+    /// - Err(InvalidData): the request cannot be framed: its head is longer
+    ///   than MAX_HEAD bytes (no blank line ends it within them), or its
+    ///   Content-Length is not one number. The caller answers 400 and
+    ///   closes.
     fn next_request(&mut self) -> io::Result<Option<Vec<u8>>> {
-        match self.inbuf.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(end) => Ok(Some(self.inbuf.drain(..end + 4).collect())),
-            None if self.inbuf.len() > MAX_HEAD => Err(io::Error::new(
-                ErrorKind::InvalidData,
-                format!("no end of request head within {MAX_HEAD} bytes"),
-            )),
-            None => Ok(None),
+        // The last request's body (what has arrived of it) goes first.
+        let arrived = self.body_left.min(self.inbuf.len());
+        self.inbuf.drain(..arrived);
+        self.body_left -= arrived;
+        if self.body_left > 0 {
+            return Ok(None);
         }
+        // A head may end only within its first MAX_HEAD bytes: past them,
+        // waiting for more would let one client grow `inbuf` without bound.
+        let searched = &self.inbuf[..self.inbuf.len().min(MAX_HEAD)];
+        let Some(end) = searched.windows(4).position(|w| w == b"\r\n\r\n") else {
+            if self.inbuf.len() >= MAX_HEAD {
+                return Err(io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!("request head longer than {MAX_HEAD} bytes"),
+                ));
+            }
+            return Ok(None);
+        };
+        let head: Vec<u8> = self.inbuf.drain(..end + 4).collect();
+        // The body's length frames the request, so it is read here, not in
+        // respond(): the next call drops that many bytes before any head.
+        let mut length: Option<usize> = None;
+        for line in String::from_utf8_lossy(&head).split("\r\n").skip(1) {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if !name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
+            let parsed = value.trim().parse::<usize>().ok();
+            // Two different lengths: which one frames the request is
+            // anyone's guess (request smuggling lives there). Refuse.
+            if parsed.is_none() || length.is_some_and(|l| Some(l) != parsed) {
+                return Err(io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!("bad Content-Length {:?}", value.trim()),
+                ));
+            }
+            length = parsed;
+        }
+        self.body_left = length.unwrap_or(0);
+        Ok(Some(head))
     }
 
     /// True when the client sent part of a request that never completed.
     fn has_partial_request(&self) -> bool {
-        !self.inbuf.is_empty()
+        !self.inbuf.is_empty() || self.body_left > 0
     }
 
     fn has_pending_output(&self) -> bool {
@@ -367,7 +417,7 @@ fn serve(conn: &mut Conn, ready: EpollFlags, root: &Path, stats: &mut Stats) -> 
                 Err(e) => {
                     eprintln!("{}: {e}", conn.peer);
                     conn.outbuf
-                        .extend_from_slice(&error_response(400, "Bad Request", true));
+                        .extend_from_slice(&error_response(400, "Bad Request", true, true));
                     conn.closing = true;
                     break;
                 }
@@ -407,53 +457,61 @@ fn serve(conn: &mut Conn, ready: EpollFlags, root: &Path, stats: &mut Stats) -> 
 // socket, so every function can be read (and tested) on its own.
 
 /// The response to one request head, and whether the connection closes
-/// after it. Only GET and HEAD of files under `root` succeed.
+/// after it. Only GET and HEAD of files under `root` succeed (200); a
+/// missing file is 404, another method 405, a head that does not parse
+/// 400 (and close). The answer to HEAD is the head GET would get, with
+/// the same Content-Length, and no body: for a 404 as for a 200. Header
+/// names are case-insensitive; HTTP/1.1 keeps the connection unless the
+/// client sent `Connection: close`, HTTP/1.0 closes it unless the client
+/// sent `Connection: keep-alive`.
 fn respond(head: &[u8], root: &Path) -> (Vec<u8>, bool) {
     let Ok(text) = std::str::from_utf8(head) else {
-        return (error_response(400, "Bad Request", true), true);
+        return (error_response(400, "Bad Request", true, true), true);
     };
     let mut lines = text.split("\r\n");
     let request_line = lines.next().unwrap_or("");
     let parts: Vec<&str> = request_line.split(' ').collect();
     let [method, target, version] = parts[..] else {
-        return (error_response(400, "Bad Request", true), true);
+        return (error_response(400, "Bad Request", true, true), true);
     };
     if !version.starts_with("HTTP/1.") || !target.starts_with('/') {
-        return (error_response(400, "Bad Request", true), true);
+        return (error_response(400, "Bad Request", true, true), true);
     }
     // HTTP/1.1 keeps the connection by default, HTTP/1.0 closes it; the
     // Connection header overrides either.
     let mut close = version == "HTTP/1.0";
     for line in lines.filter(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else {
-            return (error_response(400, "Bad Request", true), true);
+            return (error_response(400, "Bad Request", true, true), true);
         };
-        let value = value.trim();
+        // Names in any case (`connection`, `CONNECTION`); the value is a
+        // list of options (`keep-alive, Upgrade`), also in any case.
         if name.eq_ignore_ascii_case("connection") {
-            if value.eq_ignore_ascii_case("close") {
-                close = true;
-            } else if value.eq_ignore_ascii_case("keep-alive") {
-                close = false;
+            for option in value.split(',').map(str::trim) {
+                if option.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if option.eq_ignore_ascii_case("keep-alive") {
+                    close = false;
+                }
             }
-        } else if name.eq_ignore_ascii_case("content-length") && value != "0" {
-            // A GET or HEAD has no body; one we would not read would be
-            // taken for the next request.
-            return (error_response(400, "Bad Request", true), true);
         }
     }
+    // Every other method is refused (response_head adds `Allow`); its body,
+    // if any, was dropped by next_request, so the connection goes on.
     if method != "GET" && method != "HEAD" {
-        return (error_response(405, "Method Not Allowed", close), close);
+        return (error_response(405, "Method Not Allowed", close, true), close);
     }
+    // HEAD: the head of the GET response, 404 included, and no body.
+    let with_body = method == "GET";
     let Some(path) = resolve(root, target) else {
-        return (error_response(404, "Not Found", close), close);
+        return (error_response(404, "Not Found", close, with_body), close);
     };
     let body = match std::fs::read(&path) {
         Ok(body) => body,
-        Err(_) => return (error_response(404, "Not Found", close), close),
+        Err(_) => return (error_response(404, "Not Found", close, with_body), close),
     };
     let mut response = response_head(200, "OK", body.len(), content_type(&path), close);
-    // HEAD: the same headers, Content-Length included, and no body.
-    if method == "GET" {
+    if with_body {
         response.extend_from_slice(&body);
     }
     (response, close)
@@ -497,19 +555,25 @@ fn content_type(path: &Path) -> &'static str {
 
 /// Status line and headers, through the blank line. Content-Length is
 /// always there: it is how a keep-alive client knows where the body ends.
+/// A 405 names the methods this server does serve (`Allow`), as HTTP
+/// requires of it.
 fn response_head(code: u16, reason: &str, length: usize, kind: &str, close: bool) -> Vec<u8> {
     let connection = if close { "close" } else { "keep-alive" };
+    let allow = if code == 405 { "Allow: GET, HEAD\r\n" } else { "" };
     format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Length: {length}\r\nContent-Type: {kind}\r\nConnection: {connection}\r\n\r\n"
+        "HTTP/1.1 {code} {reason}\r\nContent-Length: {length}\r\nContent-Type: {kind}\r\n{allow}Connection: {connection}\r\n\r\n"
     )
     .into_bytes()
 }
 
-/// A complete error response with a one-line text body.
-fn error_response(code: u16, reason: &str, close: bool) -> Vec<u8> {
+/// An error response with a one-line text body; without the body when
+/// `with_body` is false (the answer to HEAD), Content-Length unchanged.
+fn error_response(code: u16, reason: &str, close: bool, with_body: bool) -> Vec<u8> {
     let body = format!("{code} {reason}\n");
     let mut response = response_head(code, reason, body.len(), "text/plain; charset=utf-8", close);
-    response.extend_from_slice(body.as_bytes());
+    if with_body {
+        response.extend_from_slice(body.as_bytes());
+    }
     response
 }
 
@@ -764,6 +828,14 @@ fn event_loop(listener: &TcpListener, args: &Args) -> io::Result<()> {
         for event in &events[..ready] {
             if event.data() == SIGNALS {
                 if let Some(signal) = read_signal(&mut signals) {
+                    // Level-triggered, a second signal (or SIGTERM after
+                    // SIGINT) left unread would wake every epoll_wait() of
+                    // the shutdown at once: a busy loop for the whole grace
+                    // period. Stop watching the signalfd; later signals stay
+                    // blocked and pending until the process exits.
+                    if let Err(e) = epoll.delete(&signals) {
+                        eprintln!("cannot remove the signalfd from epoll: {e}");
+                    }
                     shut_down(&epoll, listener, &mut conns, signal, &mut totals, args);
                     return Ok(());
                 }
