@@ -482,7 +482,11 @@ fn content_type(path: &Path) -> &'static str {
 /// requires of it.
 fn response_head(code: u16, reason: &str, length: usize, kind: &str, close: bool) -> Vec<u8> {
     let connection = if close { "close" } else { "keep-alive" };
-    let allow = if code == 405 { "Allow: GET, HEAD\r\n" } else { "" };
+    let allow = if code == 405 {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
     format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Length: {length}\r\nContent-Type: {kind}\r\n{allow}Connection: {connection}\r\n\r\n"
     )

@@ -499,7 +499,10 @@ fn respond(head: &[u8], root: &Path) -> (Vec<u8>, bool) {
     // Every other method is refused (response_head adds `Allow`); its body,
     // if any, was dropped by next_request, so the connection goes on.
     if method != "GET" && method != "HEAD" {
-        return (error_response(405, "Method Not Allowed", close, true), close);
+        return (
+            error_response(405, "Method Not Allowed", close, true),
+            close,
+        );
     }
     // HEAD: the head of the GET response, 404 included, and no body.
     let with_body = method == "GET";
@@ -559,7 +562,11 @@ fn content_type(path: &Path) -> &'static str {
 /// requires of it.
 fn response_head(code: u16, reason: &str, length: usize, kind: &str, close: bool) -> Vec<u8> {
     let connection = if close { "close" } else { "keep-alive" };
-    let allow = if code == 405 { "Allow: GET, HEAD\r\n" } else { "" };
+    let allow = if code == 405 {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
     format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Length: {length}\r\nContent-Type: {kind}\r\n{allow}Connection: {connection}\r\n\r\n"
     )
