@@ -644,6 +644,14 @@ fn event_loop(listener: &TcpListener, args: &Args) -> io::Result<()> {
         for event in &events[..ready] {
             if event.data() == SIGNALS {
                 if let Some(signal) = read_signal(&mut signals) {
+                    // Level-triggered, a second signal (or SIGTERM after
+                    // SIGINT) left unread would wake every epoll_wait() of
+                    // the shutdown at once: a busy loop for the whole grace
+                    // period. Stop watching the signalfd; later signals stay
+                    // blocked and pending until the process exits.
+                    if let Err(e) = epoll.delete(&signals) {
+                        eprintln!("cannot remove the signalfd from epoll: {e}");
+                    }
                     shut_down(&epoll, listener, &mut conns, signal, &mut totals, args);
                     return Ok(());
                 }
