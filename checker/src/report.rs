@@ -41,6 +41,17 @@ pub struct StepOutcome {
     /// The likely cause, in the student's terms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// A stable name for the cause (`pool.lock-held-while-serving`), so a
+    /// test can assert which diagnosis a broken server gets, and course.yaml
+    /// can map it to the hints that apply (`causes:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause_id: Option<String>,
+    /// The cause explains a death of the server (an EPIPE left unhandled, an
+    /// oversize frame that ended the process), so it stays when the death
+    /// becomes the verdict; any other cause is only a reading of what the
+    /// clients saw, and is dropped then.
+    #[serde(skip)]
+    pub cause_explains_death: bool,
     /// Measured values, for people and for JSON.
     pub figures: Vec<(String, String)>,
     /// Lines that go into the proof block.
@@ -79,6 +90,8 @@ impl StepOutcome {
             status,
             message: message.into(),
             cause: None,
+            cause_id: None,
+            cause_explains_death: false,
             figures: Vec::new(),
             proof: Vec::new(),
             evidence: Vec::new(),
@@ -88,6 +101,24 @@ impl StepOutcome {
     pub fn cause(mut self, cause: impl Into<String>) -> Self {
         self.cause = Some(cause.into());
         self
+    }
+    /// A likely cause with its stable id (see [`StepOutcome::cause_id`]).
+    pub fn cause_as(mut self, id: &str, cause: impl Into<String>) -> Self {
+        self.cause = Some(cause.into());
+        self.cause_id = Some(id.to_string());
+        self
+    }
+    /// Marks the cause already given as one that explains a death, with its id.
+    pub fn explains_death(mut self, id: &str) -> Self {
+        self.cause_explains_death = true;
+        self.cause_id = Some(id.to_string());
+        self
+    }
+    /// A likely cause that explains the server's death, kept when the death
+    /// is the verdict.
+    pub fn death_cause(mut self, id: &str, cause: impl Into<String>) -> Self {
+        self.cause_explains_death = true;
+        self.cause_as(id, cause)
     }
     pub fn figure(mut self, name: impl Into<String>, value: impl ToString) -> Self {
         self.figures.push((name.into(), value.to_string()));
@@ -113,6 +144,8 @@ struct StepRecord {
     figures: Vec<(String, String)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cause: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause_id: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     evidence: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -255,6 +288,7 @@ impl Transcript {
             message: outcome.message.clone(),
             figures: outcome.figures.clone(),
             cause: outcome.cause.clone(),
+            cause_id: outcome.cause_id.clone(),
             evidence: outcome.evidence.clone(),
             hints: outcome.hints.clone(),
         });
@@ -269,6 +303,7 @@ impl Transcript {
             message: "not run: an earlier step failed".into(),
             figures: Vec::new(),
             cause: None,
+            cause_id: None,
             evidence: Vec::new(),
             hints: Vec::new(),
         });

@@ -7,7 +7,7 @@ use crate::checks::{Ctx, Subject};
 use crate::course::{Course, Lesson};
 use crate::hashing;
 use crate::proof::{self, ProofBlock};
-use crate::report::{Format, HintNote, RunSummary, Status, Transcript};
+use crate::report::{Format, HintNote, RunSummary, Status, StepOutcome, Transcript};
 
 pub struct RunRequest<'a> {
     pub course: &'a Course,
@@ -74,7 +74,13 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
         }
         ctx.log.begin_step(step.name(), &step.summary());
         ctx.seed = step_seed(seed, index);
-        let mut outcome = step.run(&mut ctx)?;
+        crate::server::take_incidents();
+        let outcome = step.run(&mut ctx)?;
+        let mut outcome = death_is_the_verdict(
+            outcome,
+            &crate::server::take_incidents(),
+            step.ends_the_server(),
+        );
         if outcome.status == Status::Fail {
             outcome.hints = hint_notes(lesson, &step.hints);
         }
@@ -139,6 +145,83 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
     })
 }
 
+/// A server that died or panicked during a step: that is the step's verdict,
+/// stated first, whatever its clients saw. The panic (thread, file:line and
+/// message) is quoted in the FAIL line; a likely cause read from the
+/// clients' symptoms is dropped (it would blame code that is fine), while a
+/// cause that explains a death stays. A step that passed fails all the same:
+/// a thread that panics drops its client even when the process lives on.
+/// `ends_the_server`: the step asked the server to exit, so only a panic
+/// counts there.
+fn death_is_the_verdict(
+    mut outcome: StepOutcome,
+    incidents: &[crate::server::Incident],
+    ends_the_server: bool,
+) -> StepOutcome {
+    let death_of = |incident: &crate::server::Incident| {
+        // An exit the step asked for is no death, unless a panic ended it.
+        incident
+            .death
+            .clone()
+            .filter(|_| !ends_the_server || incident.panic.is_some())
+    };
+    let Some(incident) = incidents
+        .iter()
+        .find(|i| i.panic.is_some())
+        .or_else(|| incidents.iter().find(|i| death_of(i).is_some()))
+    else {
+        return outcome;
+    };
+    let death = death_of(incident);
+    let what_happened = match (&death, &incident.panic) {
+        (Some(death), Some(panic)) => format!("{death}: {panic}"),
+        (None, Some(panic)) => format!("a thread of the server panicked: {panic}"),
+        (Some(death), None) => death.clone(),
+        (None, None) => return outcome,
+    };
+    if outcome.status != Status::Fail {
+        let after = if death.is_some() {
+            "before the checker stopped it"
+        } else {
+            "(the process lived on, but that thread's work was lost)"
+        };
+        let mut failed = StepOutcome::fail(format!("{what_happened} {after}"))
+            .evidence(incident.output.iter().cloned());
+        failed.figures = outcome.figures;
+        return failed;
+    }
+    let already_said = crate::server::tells_of_death(&outcome.message)
+        && incident
+            .panic
+            .as_ref()
+            .is_none_or(|panic| outcome.message.contains(panic.as_str()));
+    if !already_said {
+        outcome.message = if crate::server::tells_of_death(&outcome.message) {
+            // `the server exited (exit code 101) right after a client
+            // connected`: keep it, with the panic that explains it.
+            format!(
+                "{}: {}",
+                outcome.message,
+                incident.panic.as_deref().unwrap_or_default()
+            )
+        } else {
+            format!("{what_happened}; what the clients saw: {}", outcome.message)
+        };
+    }
+    if !outcome.cause_explains_death {
+        outcome.cause = None;
+        outcome.cause_id = None;
+    }
+    if !outcome
+        .evidence
+        .iter()
+        .any(|line| crate::server::is_death_notice(line) || line.starts_with("[server"))
+    {
+        outcome.evidence.extend(incident.output.iter().cloned());
+    }
+    outcome
+}
+
 /// The hints a failing step points at, quoted from the lesson.
 fn hint_notes(lesson: &Lesson, numbers: &[usize]) -> Vec<HintNote> {
     numbers
@@ -176,6 +259,90 @@ pub fn ensure_proof_grades(result: &RunResult, lesson: &Lesson) -> Result<()> {
         lesson.id,
         reasons.join("; ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::Incident;
+
+    fn panicked(death: Option<&str>) -> Incident {
+        Incident {
+            death: death.map(str::to_string),
+            panic: Some("thread 'main' panicked at src/main.rs:40:5: not yet implemented".into()),
+            output: vec!["[server:stderr] thread 'main' (7) panicked at src/main.rs:40:5:".into()],
+        }
+    }
+
+    #[test]
+    fn a_death_comes_first_and_drops_the_symptom_cause() {
+        let clients_saw = StepOutcome::fail("8 connections could not send their frames")
+            .cause_as("frames.split-read", "one read() is not one frame");
+        let verdict = death_is_the_verdict(
+            clients_saw,
+            &[panicked(Some("the server exited (exit code 101)"))],
+            false,
+        );
+        assert_eq!(verdict.status, Status::Fail);
+        assert_eq!(
+            verdict.message,
+            "the server exited (exit code 101): thread 'main' panicked at src/main.rs:40:5: not yet implemented; what the clients saw: 8 connections could not send their frames"
+        );
+        assert_eq!(verdict.cause, None);
+        assert_eq!(verdict.cause_id, None);
+        assert!(!verdict.evidence.is_empty());
+    }
+
+    #[test]
+    fn a_cause_that_explains_the_death_stays() {
+        let broken_pipe =
+            StepOutcome::fail("the server exited (exit code 101) while clients reset").death_cause(
+                "broken_pipes.unwrap-on-epipe",
+                "a write to a reset client returned EPIPE",
+            );
+        let verdict = death_is_the_verdict(
+            broken_pipe,
+            &[panicked(Some("the server exited (exit code 101)"))],
+            false,
+        );
+        assert!(verdict.message.starts_with("the server exited (exit code 101) while clients reset: thread 'main' panicked at src/main.rs:40:5"), "{}", verdict.message);
+        assert_eq!(
+            verdict.cause_id.as_deref(),
+            Some("broken_pipes.unwrap-on-epipe")
+        );
+    }
+
+    #[test]
+    fn a_panicking_thread_fails_a_step_that_passed() {
+        let verdict =
+            death_is_the_verdict(StepOutcome::pass("listening"), &[panicked(None)], false);
+        assert_eq!(verdict.status, Status::Fail);
+        assert!(verdict.message.starts_with("a thread of the server panicked: thread 'main' panicked at src/main.rs:40:5: not yet implemented"), "{}", verdict.message);
+    }
+
+    #[test]
+    fn an_exit_the_step_asked_for_is_no_death_but_a_panic_is() {
+        let exited = Incident {
+            death: Some("the server exited (exit code 0)".into()),
+            panic: None,
+            output: Vec::new(),
+        };
+        let passed = death_is_the_verdict(StepOutcome::pass("shut down"), &[exited.clone()], true);
+        assert_eq!(passed.status, Status::Pass);
+        let unasked = death_is_the_verdict(StepOutcome::pass("echoed"), &[exited], false);
+        assert_eq!(unasked.status, Status::Fail);
+        let panicked_on_exit =
+            death_is_the_verdict(StepOutcome::pass("shut down"), &[panicked(None)], true);
+        assert_eq!(panicked_on_exit.status, Status::Fail);
+    }
+
+    #[test]
+    fn a_step_without_incidents_is_left_alone() {
+        let outcome = StepOutcome::fail("short echo").cause("x");
+        let same = death_is_the_verdict(outcome, &[], false);
+        assert_eq!(same.message, "short echo");
+        assert_eq!(same.cause.as_deref(), Some("x"));
+    }
 }
 
 pub fn random_seed() -> u64 {

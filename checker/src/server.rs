@@ -27,6 +27,9 @@ const KEPT_LINES: usize = 2_000;
 const MAX_LINE_BYTES: usize = 1_000;
 /// How long a server may take to print its `listening on` line or accept.
 pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server that printed a panic gets to exit before it is
+/// counted alive (a panicking main thread unwinds, then the process ends).
+const PANIC_EXIT_WAIT: Duration = Duration::from_millis(500);
 /// How long a server gets to exit after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(500);
 
@@ -52,6 +55,29 @@ const MARKER_VAR: &str = "EPOLL_COURSE_CHECKER_SERVER";
 
 /// Every server still alive (process group, marker), for the Ctrl-C handler.
 static LIVE_GROUPS: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
+
+/// What went wrong inside the servers stopped since the last
+/// [`take_incidents`]: the run reads it after each step, so a death or a
+/// panic is the step's verdict whatever its clients happened to see.
+static INCIDENTS: Mutex<Vec<Incident>> = Mutex::new(Vec::new());
+
+/// A server that died before the checker stopped it, or printed a panic.
+#[derive(Debug, Clone, Default)]
+pub struct Incident {
+    /// Its death notice (see [`Server::death_notice`]), when it was no
+    /// longer running at the moment the checker came to stop it.
+    pub death: Option<String>,
+    /// The first panic it printed, as one line: `thread 'main' panicked at
+    /// src/main.rs:40:5: not yet implemented`.
+    pub panic: Option<String>,
+    /// The newest lines of its output, quoted as evidence.
+    pub output: Vec<String>,
+}
+
+/// The incidents of the servers stopped since the last call.
+pub fn take_incidents() -> Vec<Incident> {
+    std::mem::take(&mut *INCIDENTS.lock().unwrap_or_else(|e| e.into_inner()))
+}
 
 /// Which of the server's streams a captured line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -388,7 +414,13 @@ impl Server {
         }
         self.stopped = true;
         let descendants = descendants_of(self.pid);
-        if self.try_exit_status().is_none() {
+        if self.first_panic().is_some() {
+            // A panic in the main thread is followed by the exit: let it be
+            // seen as the death it is, not as a server the checker stopped.
+            self.wait_exit(PANIC_EXIT_WAIT);
+        }
+        let death = self.death_notice();
+        if death.is_none() {
             let _ = killpg(self.pid, Signal::SIGTERM);
             if self.wait_exit(TERM_GRACE).is_none() {
                 let _ = killpg(self.pid, Signal::SIGKILL);
@@ -407,6 +439,40 @@ impl Server {
             .retain(|(g, _)| *g != self.pid.as_raw());
         // The readers end once every process holding the pipes is gone.
         self.wait_for_readers(Duration::from_secs(1));
+        let panic = self.first_panic();
+        if death.is_some() || panic.is_some() {
+            let incident = Incident {
+                death,
+                panic,
+                output: self.output_tail(20),
+            };
+            INCIDENTS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(incident);
+        }
+    }
+
+    /// Waits up to `limit` for the server to die or print a panic (it just
+    /// dropped a connection for no reason the checker gave it).
+    pub fn wait_for_trouble(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.first_panic().is_none()
+            && self.try_exit_status().is_none()
+            && Instant::now() < deadline
+        {
+            self.output.wait_for_change(Duration::from_millis(20));
+        }
+        if self.first_panic().is_some() {
+            self.wait_exit(PANIC_EXIT_WAIT);
+        }
+    }
+
+    /// The first panic the server printed on stderr, as one line with its
+    /// message, if it printed one (any thread's, the process may live on).
+    pub fn first_panic(&self) -> Option<String> {
+        let inner = self.output.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.first_panic.clone()
     }
 }
 
@@ -662,6 +728,10 @@ struct OutputInner {
     lines: VecDeque<(u64, Stream, String)>,
     next_index: u64,
     listening_line: Option<String>,
+    /// The first panic seen on stderr, kept however much output follows.
+    first_panic: Option<String>,
+    /// The panic's header line was just seen: its message comes next.
+    panic_message_next: bool,
 }
 
 impl OutputLog {
@@ -672,6 +742,9 @@ impl OutputLog {
             && listening_regex().is_match(&line)
         {
             inner.listening_line = Some(line.clone());
+        }
+        if stream == Stream::Stderr {
+            inner.note_panic(&line);
         }
         let index = inner.next_index;
         inner.next_index += 1;
@@ -715,6 +788,56 @@ impl OutputLog {
         );
         quoted
     }
+}
+
+impl OutputInner {
+    /// Keeps the first panic: its header line, then the message line after it.
+    fn note_panic(&mut self, line: &str) {
+        if self.panic_message_next {
+            self.panic_message_next = false;
+            if let Some(panic) = &mut self.first_panic {
+                panic.push(' ');
+                panic.push_str(line.trim());
+            }
+            return;
+        }
+        if self.first_panic.is_some() {
+            return;
+        }
+        if let Some((header, message)) = parse_panic_header(line) {
+            self.panic_message_next = message.is_none();
+            self.first_panic = Some(match message {
+                Some(message) => format!("{header} {message}"),
+                None => header,
+            });
+        }
+    }
+}
+
+/// A Rust panic's first line, as std prints it:
+/// `thread 'main' (1234) panicked at src/main.rs:40:5:` (the message on the
+/// next line; the thread id appears from Rust 1.88), or the older one-line
+/// `thread 'main' panicked at 'message', src/main.rs:40:5`. Returns the
+/// header without the thread id (`thread 'main' panicked at
+/// src/main.rs:40:5:`) and the message when it is on the same line.
+fn parse_panic_header(line: &str) -> Option<(String, Option<String>)> {
+    static PANIC: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    let panic = PANIC.get_or_init(|| {
+        Regex::new(
+            r"^thread '([^']*)'(?: \(\d+\))? panicked at (?:'(.*)', )?(\S+?:\d+:\d+):?\s*(.*)$",
+        )
+        .expect("panic pattern")
+    });
+    let found = panic.captures(line)?;
+    let thread = &found[1];
+    let location = &found[3];
+    let header = format!("thread '{thread}' panicked at {location}:");
+    let message = found
+        .get(2)
+        .or_else(|| found.get(4))
+        .map(|m| m.as_str().trim().to_string())
+        .filter(|m| !m.is_empty());
+    Some((header, message))
 }
 
 /// Reads one stream into the log, line by line, never holding more than
@@ -764,6 +887,27 @@ fn finish_line(line: &mut Vec<u8>, truncated: &mut bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_is_kept_as_one_line_whichever_format_std_printed() {
+        let mut inner = OutputInner::default();
+        inner.note_panic("serving 127.0.0.1:5000");
+        inner.note_panic("thread '<unnamed>' (9280) panicked at src/main.rs:41:9:");
+        inner.note_panic("not yet implemented");
+        inner.note_panic("thread 'main' (9279) panicked at src/main.rs:7:1:");
+        assert_eq!(
+            inner.first_panic.as_deref(),
+            Some("thread '<unnamed>' panicked at src/main.rs:41:9: not yet implemented")
+        );
+        assert_eq!(
+            parse_panic_header("thread 'main' panicked at 'boom', src/main.rs:3:5"),
+            Some((
+                "thread 'main' panicked at src/main.rs:3:5:".to_string(),
+                Some("boom".to_string())
+            ))
+        );
+        assert_eq!(parse_panic_header("the thread panicked at noon"), None);
+    }
 
     #[test]
     fn listening_line_parses_ipv4_ipv6_and_rejects_port_zero() {

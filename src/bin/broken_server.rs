@@ -30,6 +30,9 @@ enum Bug {
     MergeFrames,
     /// Flips one payload byte in every 100th frame it echoes.
     CorruptByte,
+    /// The client's thread panics on an empty frame (`L = 0`): that client
+    /// is dropped while the process lives on and serves the others.
+    PanicOnEmptyFrame,
     /// Aborts the whole process when its first whole frame arrives: its
     /// client sees the connection end while the process is still dying.
     AbortOnFirstFrame,
@@ -200,6 +203,9 @@ fn serve(mut stream: TcpStream, bug: Bug, frames_served: &AtomicUsize) -> io::Re
                 // A panic would end only this thread; a crash ends the process.
                 eprintln!("simulated crash after {served} frames");
                 std::process::abort();
+            }
+            if bug == Bug::PanicOnEmptyFrame && frame.len() == 4 {
+                panic!("an empty frame has no payload to echo");
             }
             if bug == Bug::CorruptByte && served.is_multiple_of(100) && frame.len() > 4 {
                 frame[4] ^= 0xff;

@@ -63,16 +63,54 @@ fn a_crash_that_clients_see_as_a_closed_connection_is_named_as_the_thing_to_fix(
             stdout.contains("FAILED w01-l02 at step `frames`"),
             "{stdout}"
         );
+        // The death is the verdict, first on the FAIL line; no cause read
+        // from the clients' symptoms is offered beside it.
         assert!(
-            stdout.contains(
-                "note: the server exited (killed by SIGABRT) during this step: what the clients saw follows from that"
-            ),
+            stdout.contains("FAIL: the server exited (killed by SIGABRT); what the clients saw: "),
+            "round {round}:\n{stdout}"
+        );
+        assert!(
+            !stdout.contains("likely cause:"),
             "round {round}:\n{stdout}"
         );
         assert!(
             stdout.contains("[server:stderr] simulated crash on the first frame"),
             "round {round}:\n{stdout}"
         );
+        assert_nothing_left(&tag);
+    }
+}
+
+#[test]
+fn a_thread_that_panics_is_the_verdict_even_when_the_process_lives_on() {
+    // The empty-frame case kills only that client's thread: the process
+    // serves on, and its client merely saw a closed connection. The panic,
+    // with its thread, file:line and message, is what the FAIL line says.
+    for round in 0..3 {
+        let tag = format!("hostile-thread-panic-{round}");
+        let (output, stdout) = run_checker(&[
+            "w01-l02",
+            "--exec",
+            &fixture_exec("panic-on-empty-frame", &tag),
+            "--format",
+            "json",
+        ]);
+        assert_eq!(exit_code(&output), 1, "{stdout}");
+        let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+        let failed = json["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|step| step["status"] == "fail")
+            .expect("a failed step");
+        assert_eq!(failed["name"], "frames", "{stdout}");
+        let message = failed["message"].as_str().unwrap();
+        let panic = regex::Regex::new(
+            r"^a thread of the server panicked: thread '[^']+' panicked at src/bin/broken_server\.rs:\d+:\d+: an empty frame has no payload to echo; what the clients saw: ",
+        )
+        .unwrap();
+        assert!(panic.is_match(message), "round {round}: {message}");
+        assert!(failed.get("cause").is_none(), "round {round}: {stdout}");
         assert_nothing_left(&tag);
     }
 }

@@ -81,7 +81,8 @@ impl Check for BrokenPipes {
                             ),
                             None => format!("client {client}: connect failed: {err}"),
                         };
-                        return Ok(fail(&mut server, message, CAUSE));
+                        return Ok(fail(&mut server, message, CAUSE)
+                            .explains_death("broken_pipes.error-ends-the-server"));
                     }
                 };
                 // One non-blocking write: as many frames as the kernel takes
@@ -106,7 +107,8 @@ impl Check for BrokenPipes {
                 let message = format!(
                     "the server died after {reset_count} clients reset with echoes pending: {death}"
                 );
-                return Ok(fail(&mut server, message, CAUSE));
+                return Ok(fail(&mut server, message, CAUSE)
+                    .explains_death("broken_pipes.error-ends-the-server"));
             }
         }
         ctx.log.detail(format!(
@@ -116,7 +118,8 @@ impl Check for BrokenPipes {
         std::thread::sleep(Duration::from_millis(250));
         if let Err(message) = fresh_client_echoed(server.addr, Duration::from_secs(10)) {
             let message = format!("after {reset_count} clients reset mid-echo, {message}");
-            return Ok(fail(&mut server, message, CAUSE));
+            return Ok(fail(&mut server, message, CAUSE)
+                .explains_death("broken_pipes.error-ends-the-server"));
         }
         Ok(StepOutcome::pass(format!(
             "{reset_count} clients reset mid-echo ({} KiB sent, none read); the server lived and echoed the next client",

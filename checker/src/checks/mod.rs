@@ -58,6 +58,11 @@ pub trait Check {
     /// `Err` means the checker itself broke (exit 2); a failing student
     /// server is an `Ok` outcome with status Fail.
     fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome>;
+    /// Whether the step asks the server to exit (a signal), so an exit in
+    /// it is the step's own business, not a death; a panic still is one.
+    fn ends_the_server(&self) -> bool {
+        false
+    }
 }
 
 /// Declares the step kinds: `yaml name => Variant(params type)`.
@@ -213,6 +218,9 @@ impl Step {
     }
     pub fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome> {
         self.kind.check().run(ctx)
+    }
+    pub fn ends_the_server(&self) -> bool {
+        self.kind.check().ends_the_server()
     }
 }
 

@@ -153,7 +153,7 @@ impl Check for Oversize {
         std::thread::sleep(Duration::from_millis(100));
         if let Some(death) = server.death_notice() {
             return Ok(StepOutcome::fail(format!("{death} after a frame over --max-frame"))
-                .cause("an oversize frame ends that one connection, not the server: log it, drop that client and keep accepting (no exit, no panic, no unwrap on the error)")
+                .death_cause("oversize.error-ends-the-server", "an oversize frame ends that one connection, not the server: log it, drop that client and keep accepting (no exit, no panic, no unwrap on the error)")
                 .evidence(Ctx::server_evidence(&mut server)));
         }
         if logged.is_empty() {

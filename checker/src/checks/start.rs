@@ -1,6 +1,7 @@
 //! `start`: the server starts, prints `listening on <ip>:<port>` with the
 //! port it really bound, accepts a connection, and is still running.
 
+use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -28,12 +29,22 @@ impl Check for Start {
             Err(failed) => return Ok(failed),
         };
         let connected = TcpStream::connect_timeout(&server.addr, Duration::from_secs(2));
-        // A server that accepts once and then dies is caught here, not later.
-        std::thread::sleep(Duration::from_millis(200));
+        // A server that accepts once and then dies, or whose thread for the
+        // client panics, is caught here, not at a later step by chance: a
+        // correct server keeps a silent client's connection open.
+        let dropped = connected
+            .as_ref()
+            .is_ok_and(|stream| closed_within(stream, Duration::from_millis(300)));
+        if dropped {
+            server.wait_for_trouble(Duration::from_secs(2));
+        }
         if let Some(death) = server.death_notice() {
             return Ok(
                 StepOutcome::fail(format!("{death} right after a client connected"))
-                    .cause("the server must keep running until it is stopped")
+                    .death_cause(
+                        "start.exits-after-a-client",
+                        "the server must keep running until it is stopped",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)),
             );
         }
@@ -49,5 +60,22 @@ impl Check for Start {
             server.addr
         ))
         .proof_line("start: listening line read, connection accepted"))
+    }
+}
+
+/// Whether the server closed (or reset) the connection within `limit`,
+/// while the checker sent nothing.
+fn closed_within(mut stream: &TcpStream, limit: Duration) -> bool {
+    if stream.set_read_timeout(Some(limit)).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => !matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
     }
 }
