@@ -558,6 +558,8 @@ fn event_loop(listener: &TcpListener, args: &Args) -> io::Result<()> {
     let epoll = create_epoll()?;
     register_listener(&epoll, listener)?;
     let mut signals = open_signal_fd()?;
+    // Level-triggered: readable for as long as a signal is pending, so it
+    // leaves the epoll set once the shutdown begins (see below).
     epoll.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
     let mut totals = Totals::default();
     let mut conns: HashMap<RawFd, Conn> = HashMap::new();
@@ -585,6 +587,14 @@ fn event_loop(listener: &TcpListener, args: &Args) -> io::Result<()> {
         for event in &events[..ready] {
             if event.data() == SIGNALS {
                 if let Some(signal) = read_signal(&mut signals) {
+                    // A second signal during the shutdown stays pending
+                    // (blocked) and changes nothing. Left in the set, the
+                    // unread signalfd would stay readable and make every
+                    // epoll_wait of the shutdown return at once: a spin
+                    // for the whole grace period.
+                    if let Err(e) = epoll.delete(&signals) {
+                        eprintln!("cannot remove the signalfd from epoll: {e}");
+                    }
                     shut_down(&epoll, listener, &mut conns, signal, &mut totals, args);
                     return Ok(());
                 }
