@@ -48,20 +48,20 @@ impl Default for Broadcast {
 
 const SYNC: &[u8] = b"sync";
 
-fn frame(payload: &[u8]) -> Vec<u8> {
+pub(super) fn frame(payload: &[u8]) -> Vec<u8> {
     stress::frame::encode(payload)
 }
 
 /// A subscriber: a non-blocking socket and the frames read so far.
-struct Sub {
-    stream: TcpStream,
+pub(super) struct Sub {
+    pub(super) stream: TcpStream,
     buf: Vec<u8>,
-    frames: Vec<Vec<u8>>,
-    closed: bool,
+    pub(super) frames: Vec<Vec<u8>>,
+    pub(super) closed: bool,
 }
 
 impl Sub {
-    fn connect(addr: SocketAddr) -> std::io::Result<Sub> {
+    pub(super) fn connect(addr: SocketAddr) -> std::io::Result<Sub> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
         stream.set_nonblocking(true)?;
         Ok(Sub {
@@ -73,7 +73,7 @@ impl Sub {
     }
 
     /// Reads what is there without waiting; splits whole frames off.
-    fn poll(&mut self) {
+    pub(super) fn poll(&mut self) {
         let mut chunk = [0u8; 65536];
         while !self.closed {
             match self.stream.read(&mut chunk) {
@@ -95,18 +95,18 @@ impl Sub {
         }
     }
 
-    fn synced(&self) -> bool {
+    pub(super) fn synced(&self) -> bool {
         self.frames.iter().any(|f| f == SYNC)
     }
 
-    fn codes(&self) -> Vec<&Vec<u8>> {
+    pub(super) fn codes(&self) -> Vec<&Vec<u8>> {
         self.frames
             .iter()
             .filter(|f| f.as_slice() != SYNC)
             .collect()
     }
 
-    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(super) fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut sent = 0;
         while sent < bytes.len() {
@@ -120,6 +120,23 @@ impl Sub {
             }
         }
         Ok(())
+    }
+}
+
+/// The first subscriber publishes `sync` frames (one every 100 ms) until
+/// every other one received one (so the server accepted them all) or
+/// `deadline` passed. Returns how many of the others got it; Err when the
+/// publisher's connection broke.
+pub(super) fn sync(subs: &mut [Sub], deadline: Instant) -> std::io::Result<usize> {
+    loop {
+        subs[0].send(&frame(SYNC))?;
+        std::thread::sleep(Duration::from_millis(100));
+        for sub in subs.iter_mut().skip(1) {
+            sub.poll();
+        }
+        if subs.iter().skip(1).all(Sub::synced) || Instant::now() >= deadline {
+            return Ok(subs.iter().skip(1).filter(|s| s.synced()).count());
+        }
     }
 }
 
@@ -164,25 +181,14 @@ impl Broadcast {
             )));
         }
         // Sync: publish `sync` until every other subscriber got one.
-        let deadline = Instant::now() + timeout;
-        loop {
-            if subs[0].send(&frame(SYNC)).is_err() {
-                return Ok(Err(fail(
-                    &mut server,
-                    format!("{n} subscribers: the publisher's connection broke during the sync"),
-                    "the server closed a connected client",
-                    vec![],
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            for sub in subs.iter_mut().skip(1) {
-                sub.poll();
-            }
-            if subs.iter().skip(1).all(Sub::synced) || Instant::now() >= deadline {
-                break;
-            }
-        }
-        let synced = subs.iter().skip(1).filter(|s| s.synced()).count();
+        let Ok(synced) = sync(&mut subs, Instant::now() + timeout) else {
+            return Ok(Err(fail(
+                &mut server,
+                format!("{n} subscribers: the publisher's connection broke during the sync"),
+                "the server closed a connected client",
+                vec![],
+            )));
+        };
         let connected = synced + 1;
         if connected < n {
             return Ok(Err(fail(

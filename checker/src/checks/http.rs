@@ -8,8 +8,17 @@
 //! paths reaching for secret.txt (404 or 400, never its bytes), five
 //! requests on one keep-alive connection, `Connection: close` (the response,
 //! then EOF), a request sent one byte per write, and three pipelined
-//! requests in one write (three responses, in order). Every response must
-//! carry Content-Length: it is how a keep-alive client finds its end.
+//! requests in one write (three responses, in order). Then the lesson's
+//! contract at its edges: DELETE (405 with `Allow: GET, HEAD`), an
+//! HTTP/1.0 request without `Connection: keep-alive` (the response, then
+//! EOF), HEAD of a missing file (a 404 head and not one byte after it),
+//! `connection: close` in lower case (header names are case-insensitive),
+//! request heads just under `max_head_bytes` (200), over it (400, then
+//! EOF) and never ending (400, then EOF, without waiting for the end), a
+//! POST whose body is a whole request and a GET whose body comes in two
+//! writes, each followed by a pipelined GET (the body is dropped: the GET
+//! is answered, nothing else). Every response must carry Content-Length:
+//! it is how a keep-alive client finds its end.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -29,6 +38,9 @@ pub struct Http {
     pub byte_pause_ms: u64,
     /// Bound on each response, in seconds.
     pub timeout_secs: u64,
+    /// The longest request head (request line, headers and the blank line)
+    /// the server must accept, in bytes; a longer one must get 400.
+    pub max_head_bytes: usize,
     pub args: Vec<String>,
 }
 
@@ -37,6 +49,7 @@ impl Default for Http {
         Http {
             byte_pause_ms: 2,
             timeout_secs: 5,
+            max_head_bytes: 8192,
             args: Vec::new(),
         }
     }
@@ -243,11 +256,22 @@ impl HttpConn {
         })
     }
 
-    /// True when the server closes the connection (EOF) before `deadline`
-    /// with nothing more to read.
-    pub fn sees_eof(&mut self, within: Duration) -> bool {
+    /// What the server sends after the last response read, within
+    /// `within`: the bytes (a correct server sends none unasked) and
+    /// whether it closed the connection (EOF or a reset) in that time.
+    pub fn tail(&mut self, within: Duration) -> Tail {
         let deadline = Instant::now() + within;
-        matches!(self.fill(deadline), Ok(0)) || matches!(self.fill(deadline), Err(Missing::Io(_)))
+        let closed = loop {
+            match self.fill(deadline) {
+                Ok(0) | Err(Missing::Io(_)) => break true,
+                Ok(_) => {}
+                Err(_) => break false,
+            }
+        };
+        Tail {
+            bytes: std::mem::take(&mut self.buf),
+            closed,
+        }
     }
 
     fn fill(&mut self, deadline: Instant) -> std::result::Result<usize, Missing> {
@@ -273,6 +297,12 @@ impl HttpConn {
     }
 }
 
+/// What came after a response: see [`HttpConn::tail`].
+pub struct Tail {
+    pub bytes: Vec<u8>,
+    pub closed: bool,
+}
+
 pub fn excerpt(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(160)]).to_string();
     if bytes.len() > 160 {
@@ -288,6 +318,90 @@ pub fn get(path: &str) -> Vec<u8> {
 
 /// One case's verdict: Ok(what passed) or Err((message, cause)).
 type Case = std::result::Result<String, (String, String)>;
+
+/// After a response that should end the connection: EOF (or a reset)
+/// within 2 s, and not one byte more.
+fn closes_after(what: &str, conn: &mut HttpConn, cause: &str) -> Case {
+    let tail = conn.tail(Duration::from_secs(2));
+    if !tail.bytes.is_empty() {
+        return Err((
+            format!(
+                "{what}: {} more bytes after the response: {:?}",
+                tail.bytes.len(),
+                excerpt(&tail.bytes)
+            ),
+            "one request gets one response, whose body is exactly Content-Length bytes".into(),
+        ));
+    }
+    if tail.closed {
+        Ok(format!("{what}: response, then EOF"))
+    } else {
+        Err((
+            format!("{what}: the connection was still open 2 s after the response"),
+            cause.to_string(),
+        ))
+    }
+}
+
+/// After the last response of a case on a connection that stays open:
+/// nothing more within `within`.
+fn nothing_more(what: &str, conn: &mut HttpConn, within: Duration, cause: &str) -> Case {
+    let tail = conn.tail(within);
+    if tail.bytes.is_empty() {
+        Ok(String::new())
+    } else {
+        Err((
+            format!(
+                "{what}: {} bytes came after the last expected response: {:?}",
+                tail.bytes.len(),
+                excerpt(&tail.bytes)
+            ),
+            cause.to_string(),
+        ))
+    }
+}
+
+/// A 405 that names exactly GET and HEAD in `Allow` (any order, any spacing).
+fn check_405(what: &str, r: &Response) -> Case {
+    if r.status != 405 {
+        return Err((
+            format!("{what}: status line {:?}, expected 405", r.status_line),
+            "this server serves GET and HEAD only: any other method is `405 Method Not Allowed`"
+                .into(),
+        ));
+    }
+    let Some(allow) = r.header("allow") else {
+        return Err((
+            format!("{what}: a 405 without an `Allow` header"),
+            "a 405 response must say which methods are served: `Allow: GET, HEAD`".into(),
+        ));
+    };
+    let mut methods: Vec<&str> = allow
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .collect();
+    methods.sort_unstable();
+    if methods != ["GET", "HEAD"] {
+        return Err((
+            format!("{what}: `Allow: {allow}`, expected the methods GET and HEAD"),
+            "`Allow` lists the methods this server serves, GET and HEAD, no more".into(),
+        ));
+    }
+    Ok(format!("{what}: 405, Allow: {allow}"))
+}
+
+/// A GET of `path` whose head is exactly `total` bytes long, padded with an
+/// `X-Filler` header; `terminated` false leaves the head without its end.
+fn long_head(path: &str, total: usize, terminated: bool) -> Vec<u8> {
+    let start = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: ");
+    let end = if terminated { "\r\n\r\n" } else { "" };
+    let fill = total.saturating_sub(start.len() + end.len());
+    let mut head = start.into_bytes();
+    head.extend(std::iter::repeat_n(b'a', fill));
+    head.extend_from_slice(end.as_bytes());
+    head
+}
 
 fn missing(what: &str, m: Missing) -> (String, String) {
     (format!("{what}: {}", m.describe()), m.cause().to_string())
@@ -463,9 +577,7 @@ impl Http {
             conn.send(b"GET /notes.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(|e| (format!("{what}: send failed: {e}"), "reset".to_string()))?;
             let r = conn.response(false).map_err(|m| missing(what, m))?;
             check_file(what, &r, &docs.notes, "text/plain", false)?;
-            if conn.sees_eof(Duration::from_secs(2)) { Ok(format!("{what}: response, then EOF")) } else {
-                Err((format!("{what}: the connection was still open 2 s after the response"), "after a request with `Connection: close`, close the connection once the response is written".to_string()))
-            }
+            closes_after(what, &mut conn, "after a request with `Connection: close`, close the connection once the response is written")
         })()));
 
         let what = "GET /index.html sent one byte per write";
@@ -506,13 +618,195 @@ impl Http {
             }
             Ok(format!("{what}: 3 responses in order"))
         })()));
+
+        let sent = |conn: &mut HttpConn, what: &str, bytes: &[u8]| {
+            conn.send(bytes).map_err(|e| {
+                (
+                    format!("{what}: send failed: {e}"),
+                    "the server reset the connection".to_string(),
+                )
+            })
+        };
+
+        let what = "DELETE /notes.txt";
+        results.push((
+            what.to_string(),
+            exchange(
+                what,
+                b"DELETE /notes.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                false,
+            )
+            .and_then(|r| check_405(what, &r)),
+        ));
+
+        let what = "GET /notes.txt HTTP/1.0, without `Connection: keep-alive`";
+        results.push((
+            what.to_string(),
+            (|| {
+                let mut conn = open(what)?;
+                sent(&mut conn, what, b"GET /notes.txt HTTP/1.0\r\n\r\n")?;
+                let r = conn.response(false).map_err(|m| missing(what, m))?;
+                check_file(what, &r, &docs.notes, "text/plain", false)?;
+                closes_after(what, &mut conn, "HTTP/1.0 closes the connection after each response unless the request says `Connection: keep-alive`: look at the request line's version too")
+            })(),
+        ));
+
+        let what = "HEAD /missing.html, then GET /style.css on the same connection";
+        results.push((what.to_string(), (|| {
+            let mut conn = open(what)?;
+            sent(&mut conn, what, b"HEAD /missing.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
+            let r = conn.response(true).map_err(|m| missing("HEAD /missing.html", m))?;
+            if r.status != 404 {
+                return Err((format!("HEAD /missing.html: status line {:?}, expected 404", r.status_line), "a file that does not exist is `404 Not Found`, for HEAD as for GET".to_string()));
+            }
+            let no_body = "the answer to HEAD is a head only, whatever its status: the 404's Content-Length tells the size of the body a GET would get, and no body follows";
+            let closing = r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            let tail = conn.tail(Duration::from_millis(300));
+            if !tail.bytes.is_empty() {
+                return Err((format!("HEAD /missing.html: {} bytes followed the 404's head: {:?}", tail.bytes.len(), excerpt(&tail.bytes)), no_body.to_string()));
+            }
+            if closing || tail.closed {
+                return Ok(format!("{what}: 404 head, no body, then the server closed"));
+            }
+            sent(&mut conn, what, &get("/style.css"))?;
+            let r = conn.response(false).map_err(|m| {
+                let (msg, cause) = missing("GET /style.css after HEAD /missing.html", m);
+                (msg, format!("{cause}; {no_body}"))
+            })?;
+            check_file("GET /style.css after HEAD /missing.html", &r, &docs.style, "text/css", false)?;
+            Ok(format!("{what}: 404 head, no body; the GET answered"))
+        })()));
+
+        let what = "GET with `connection: close` (the header name in lower case)";
+        results.push((
+            what.to_string(),
+            (|| {
+                let mut conn = open(what)?;
+                sent(
+                    &mut conn,
+                    what,
+                    b"GET /notes.txt HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
+                )?;
+                let r = conn.response(false).map_err(|m| missing(what, m))?;
+                check_file(what, &r, &docs.notes, "text/plain", false)?;
+                closes_after(what, &mut conn, "header names are case-insensitive: `connection: close` is `Connection: close` (compare names with eq_ignore_ascii_case)")
+            })(),
+        ));
+
+        let limit = self.max_head_bytes;
+        let under = limit.saturating_sub(192).max(64);
+        let what = format!("a request head of {under} bytes (the limit is {limit})");
+        results.push((
+            what.clone(),
+            exchange(&what, &long_head("/notes.txt", under, true), false).and_then(|r| {
+                if r.status == 400 {
+                    return Err((format!("{what}: status line {:?}, expected 200", r.status_line), format!("a request head of up to {limit} bytes is served: the limit on a head is {limit} bytes, request line, headers and the blank line together")));
+                }
+                check_file(&what, &r, &docs.notes, "text/plain", false)
+            }),
+        ));
+
+        let over = limit + 1024;
+        let too_long = format!("a request head longer than {limit} bytes is answered `400 Bad Request` and the connection closed");
+        let what = format!("a whole request head of {over} bytes (the limit is {limit})");
+        results.push((what.clone(), (|| {
+            let mut conn = open(&what)?;
+            sent(&mut conn, &what, &long_head("/notes.txt", over, true))?;
+            let r = conn.response(false).map_err(|m| {
+                let closed = matches!(m, Missing::ClosedBefore);
+                let (msg, cause) = missing(&what, m);
+                (msg, if closed { format!("{too_long}: answer 400 before closing") } else { cause })
+            })?;
+            if r.status != 400 {
+                return Err((format!("{what}: status line {:?}, expected 400", r.status_line), format!("{too_long}; the limit holds for a head that did end, too: check where it ends")));
+            }
+            closes_after(&what, &mut conn, &too_long).map(|_| format!("{what}: 400, then EOF"))
+        })()));
+
+        let endless = 2 * limit;
+        let what = format!("a request head that never ends ({endless} bytes sent)");
+        results.push((what.clone(), (|| {
+            let mut conn = open(&what)?;
+            sent(&mut conn, &what, &long_head("/notes.txt", endless, false))?;
+            let r = conn.response(false).map_err(|m| {
+                let (timed_out, closed) = (matches!(m, Missing::Timeout(_)), matches!(m, Missing::ClosedBefore));
+                let (msg, cause) = missing(&what, m);
+                (msg, match () {
+                    _ if timed_out => format!("{too_long}, without waiting for its end: once {limit} bytes hold no blank line, the head is too long (else one client grows the buffer without bound)"),
+                    _ if closed => format!("{too_long}: answer 400 before closing"),
+                    _ => cause,
+                })
+            })?;
+            if r.status != 400 {
+                return Err((format!("{what}: status line {:?}, expected 400", r.status_line), too_long.clone()));
+            }
+            closes_after(&what, &mut conn, &too_long).map(|_| format!("{what}: 400, then EOF"))
+        })()));
+
+        let smuggled = get("/notes.txt");
+        let what = format!(
+            "POST /notes.txt with a {}-byte body that is itself a GET request, then GET /style.css, in one write",
+            smuggled.len()
+        );
+        let dropped = "a request's body (Content-Length bytes after its head, whatever the method) is dropped: it is never read as the next request";
+        results.push((what.clone(), (|| {
+            let mut conn = open(&what)?;
+            let mut batch = format!("POST /notes.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", smuggled.len()).into_bytes();
+            batch.extend_from_slice(&smuggled);
+            batch.extend(get("/style.css"));
+            sent(&mut conn, &what, &batch)?;
+            let r = conn.response(false).map_err(|m| missing("POST /notes.txt", m))?;
+            check_405("POST /notes.txt", &r)?;
+            let r = conn.response(false).map_err(|m| {
+                let closed = matches!(m, Missing::ClosedBefore);
+                let (msg, cause) = missing("GET /style.css after the POST", m);
+                (msg, if closed { format!("a 405 keeps the connection (unless the request said `Connection: close`): {dropped}") } else { cause })
+            })?;
+            if r.status == 200 && r.body == docs.notes {
+                return Err(("GET /style.css after the POST: the second response carries notes.txt: the POST's body was answered as a request".to_string(), dropped.to_string()));
+            }
+            check_file("GET /style.css after the POST", &r, &docs.style, "text/css", false)
+                .map_err(|(msg, cause)| (format!("{msg} (the bytes after the POST's head were its body, then this GET)"), cause))?;
+            nothing_more(&what, &mut conn, Duration::from_millis(300), dropped)?;
+            Ok(format!("{what}: 405 with Allow, then style.css, nothing else"))
+        })()));
+
+        let body = get("/style.css");
+        let split = body.len() / 3;
+        let what = format!(
+            "GET /index.html with a {}-byte body in two writes, then GET /notes.txt",
+            body.len()
+        );
+        let later = "a body may arrive over several reads: drop what has come, and remember how much is still to come";
+        results.push((what.clone(), (|| {
+            let mut conn = open(&what)?;
+            let mut first = format!("GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            first.extend_from_slice(&body[..split]);
+            sent(&mut conn, &what, &first)?;
+            std::thread::sleep(Duration::from_millis(100));
+            let mut second = body[split..].to_vec();
+            second.extend(get("/notes.txt"));
+            sent(&mut conn, &what, &second)?;
+            let r = conn.response(false).map_err(|m| missing("GET /index.html with a body", m))?;
+            check_file("GET /index.html with a body", &r, &docs.index, "text/html", false)?;
+            let r = conn.response(false).map_err(|m| {
+                let closed = matches!(m, Missing::ClosedBefore);
+                let (msg, cause) = missing("GET /notes.txt after the body", m);
+                (format!("{msg} (the body's last {} bytes came in a second write, with this GET)", body.len() - split), if closed { later.to_string() } else { cause })
+            })?;
+            if r.status != 200 || r.body != docs.notes {
+                return Err((format!("GET /notes.txt after the body: status line {:?} with {} body bytes, expected notes.txt: the body's last {} bytes, sent in a second write, were read as a request", r.status_line, r.body.len(), body.len() - split), later.to_string()));
+            }
+            nothing_more(&what, &mut conn, Duration::from_millis(300), later)?;
+            Ok(format!("{what}: index.html, then notes.txt, nothing else"))
+        })()));
         results
     }
 }
 
 impl Check for Http {
     fn summary(&self) -> String {
-        "HTTP/1.1: GET, HEAD, 404, 400, `..`, keep-alive, Connection: close, split and pipelined requests, against a temporary --root".to_string()
+        format!("HTTP/1.1: GET, HEAD, 404, 400, 405, `..`, keep-alive, Connection: close, HTTP/1.0, a head limit of {} bytes, request bodies, split and pipelined requests, against a temporary --root", self.max_head_bytes)
     }
 
     fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome> {
@@ -546,7 +840,8 @@ impl Check for Http {
         Ok(StepOutcome::pass(format!("{total} HTTP cases answered correctly"))
             .figure("http_cases", total)
             .proof_line(format!(
-                "http: {total} cases: GET and HEAD with Content-Length and Content-Type, 404, 400, `..` refused, keep-alive, Connection: close, split and pipelined requests"
+                "http: {total} cases: GET and HEAD with Content-Length and Content-Type, 404 (HEAD without a body), 400, 405 with Allow, `..` refused, keep-alive, Connection: close in any case, HTTP/1.0 closes, heads over {} bytes refused, bodies dropped, split and pipelined requests",
+                self.max_head_bytes
             )))
     }
 }

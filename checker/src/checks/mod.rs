@@ -19,6 +19,7 @@ const DEATH_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
 mod backpressure;
 mod bad_input;
 mod broadcast;
+mod broadcast_process;
 mod broken_pipes;
 mod build;
 mod burst;
@@ -37,6 +38,7 @@ mod frames;
 mod hold;
 mod http;
 mod http_load;
+mod http_process;
 mod idle_cpu;
 mod idle_timeout;
 mod loops;
@@ -50,6 +52,7 @@ mod stalled_client;
 mod start;
 mod stats;
 mod stress;
+mod watch;
 
 /// One kind of step: parameters from course.yaml, and how to run them.
 pub trait Check {
@@ -158,15 +161,15 @@ impl<'de> de::DeserializeSeed<'de> for KindSeed<'_> {
 }
 
 /// `hint: 3` or `hint: [1, 3]`.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Debug, Clone)]
 #[serde(untagged)]
-enum HintRefs {
+pub enum HintRefs {
     One(usize),
     Several(Vec<usize>),
 }
 
 impl HintRefs {
-    fn into_vec(self) -> Vec<usize> {
+    pub fn into_vec(self) -> Vec<usize> {
         match self {
             HintRefs::One(n) => vec![n],
             HintRefs::Several(list) => list,
@@ -206,7 +209,11 @@ steps! {
     "loops" => Loops(loops::Loops),
     "http" => Http(http::Http),
     "http_load" => HttpLoad(http_load::HttpLoad),
+    "http_process" => HttpProcess(http_process::HttpProcess),
+    "http_idle_cpu" => HttpIdleCpu(http_process::HttpIdleCpu),
     "broadcast" => Broadcast(broadcast::Broadcast),
+    "broadcast_process" => BroadcastProcess(broadcast_process::BroadcastProcess),
+    "broadcast_idle_cpu" => BroadcastIdleCpu(broadcast_process::BroadcastIdleCpu),
 }
 
 impl Step {
