@@ -108,6 +108,27 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         transcripts: Option<PathBuf>,
     },
+    /// For maintainers: mutation testing of each lesson's gap functions,
+    /// the checker as the oracle; writes docs/mutants/<id>.json and docs/MUTANTS.md
+    Mutants {
+        /// Only these lessons (default: all, skipping those whose committed result is current)
+        ids: Vec<String>,
+        /// Rerun one mutant (its name as --list prints it) of one lesson and print its verdict
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["list", "suggest_gaps", "render"])]
+        mutant: Option<String>,
+        /// Print each lesson's gap mutants by name; run nothing
+        #[arg(long, conflicts_with_all = ["suggest_gaps", "render"])]
+        list: bool,
+        /// Print each lesson's functions that differ between stub and solution, as a `gaps:` line
+        #[arg(long, conflicts_with = "render")]
+        suggest_gaps: bool,
+        /// Only render docs/MUTANTS.md from the committed results
+        #[arg(long)]
+        render: bool,
+        /// Rerun lessons whose committed result is current too
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args)]
@@ -238,6 +259,24 @@ fn run(cli: Cli) -> Result<u8> {
             seed,
             transcripts,
         } => crate::validate::validate(&course, &ids, seed, transcripts.as_deref()),
+        Command::Mutants {
+            ids,
+            mutant,
+            list,
+            suggest_gaps,
+            render,
+            force,
+        } => crate::mutants::command(
+            &course,
+            &crate::mutants::Options {
+                ids,
+                mutant,
+                list,
+                suggest_gaps,
+                render,
+                force,
+            },
+        ),
     }
 }
 

@@ -54,6 +54,10 @@ pub struct Lesson {
     pub solution: PathBuf,
     #[serde(default)]
     pub stub_style: StubStyle,
+    /// The functions the student writes (`fn_name` or `Type::method`): the
+    /// scope of `checker mutants` (docs/MUTANTS.md).
+    #[serde(default)]
+    pub gaps: Vec<String>,
     /// Flags every server start of this lesson gets (after `--port 0`).
     #[serde(default)]
     pub server_args: Vec<String>,
@@ -222,6 +226,7 @@ fn split_lesson_path(text: &str, field_path: &str) -> (Option<String>, String) {
 fn check_sound(course: &Course) -> Result<()> {
     let file = course.path.display();
     let id_shape = Regex::new(r"^w(\d\d)-l(\d\d)$").expect("static regex");
+    let gap_shape = Regex::new(r"^[A-Za-z_]\w*(::[A-Za-z_]\w*)*$").expect("static regex");
     let mut seen = HashSet::new();
     let mut previous_order = 0;
     for lesson in &course.lessons {
@@ -295,6 +300,18 @@ fn check_sound(course: &Course) -> Result<()> {
         }
         if lesson.hints.is_empty() {
             bail!("{}: needs at least one hint", at("hints"));
+        }
+        let mut gaps_seen = HashSet::new();
+        for (i, gap) in lesson.gaps.iter().enumerate() {
+            if !gap_shape.is_match(gap) {
+                bail!(
+                    "{}: `{gap}` is not a function name (`fn_name` or `Type::method`)",
+                    at(&format!("gaps[{i}]"))
+                );
+            }
+            if !gaps_seen.insert(gap) {
+                bail!("{}: `{gap}` is listed twice", at(&format!("gaps[{i}]")));
+            }
         }
         if !matches!(lesson.verify.first(), Some(step) if matches!(step.kind, StepKind::Build(_))) {
             bail!("{}: must start with `build`", at("verify"));

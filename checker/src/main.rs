@@ -18,6 +18,7 @@
 //! - `hashing`  course and source hashes carried by proofs
 //! - `lint`     lesson content without running it: README sections, hints, stub vs solution
 //! - `validate` `checker validate`: lint, every solution passes, every stub fails
+//! - `mutants`  `checker mutants`: mutation testing of the lessons' gap functions (docs/MUTANTS.md)
 #![deny(unsafe_code)]
 
 mod build;
@@ -27,6 +28,7 @@ mod course;
 mod grade;
 mod hashing;
 mod lint;
+mod mutants;
 mod preflight;
 mod procfs;
 mod progress;

@@ -109,6 +109,16 @@ pub fn validate(
             started.elapsed().as_secs_f64()
         );
     }
+    // Mutation results are slow to refresh and not part of soundness: a
+    // warning, never a failure.
+    let validated: Vec<&Lesson> = course
+        .lessons
+        .iter()
+        .filter(|l| only.is_empty() || only.contains(&l.id))
+        .collect();
+    if let Some(warning) = crate::mutants::staleness_warning(course, &validated) {
+        println!("{warning}");
+    }
     if problems.is_empty() {
         println!("the course is sound");
         Ok(EXIT_PASS)

@@ -161,15 +161,15 @@ impl<'de> de::DeserializeSeed<'de> for KindSeed<'_> {
 }
 
 /// `hint: 3` or `hint: [1, 3]`.
-#[derive(serde::Deserialize, Debug, Clone)]
+#[derive(serde::Deserialize)]
 #[serde(untagged)]
-pub enum HintRefs {
+enum HintRefs {
     One(usize),
     Several(Vec<usize>),
 }
 
 impl HintRefs {
-    pub fn into_vec(self) -> Vec<usize> {
+    fn into_vec(self) -> Vec<usize> {
         match self {
             HintRefs::One(n) => vec![n],
             HintRefs::Several(list) => list,
