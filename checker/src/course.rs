@@ -62,6 +62,11 @@ pub struct Lesson {
     #[serde(default)]
     pub server_args: Vec<String>,
     pub hints: Vec<String>,
+    /// The hints that apply to a diagnosed cause, by cause id
+    /// (`pool.drops-unserved: 3`): a failure with that cause quotes these
+    /// instead of its step's.
+    #[serde(default)]
+    pub causes: std::collections::BTreeMap<String, crate::checks::HintRefs>,
     pub verify: Vec<Step>,
     pub proof: Proof,
 }
@@ -318,6 +323,17 @@ fn check_sound(course: &Course) -> Result<()> {
         }
         if lesson.verify.len() < 2 {
             bail!("{}: needs at least one step after `build`", at("verify"));
+        }
+        for (cause, refs) in &lesson.causes {
+            for number in refs.clone().into_vec() {
+                if number == 0 || number > lesson.hints.len() {
+                    bail!(
+                        "{}: hint {number} does not exist; the lesson has hints 1 to {}",
+                        at(&format!("causes.{cause}")),
+                        lesson.hints.len()
+                    );
+                }
+            }
         }
         for (i, step) in lesson.verify.iter().enumerate() {
             for &number in &step.hints {

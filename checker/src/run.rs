@@ -82,7 +82,15 @@ pub fn run_lesson(request: &RunRequest) -> Result<RunResult> {
             step.ends_the_server(),
         );
         if outcome.status == Status::Fail {
-            outcome.hints = hint_notes(lesson, &step.hints);
+            // The hints of the diagnosed cause, when course.yaml maps it;
+            // else those of the step.
+            let hints = outcome
+                .cause_id
+                .as_ref()
+                .and_then(|id| lesson.causes.get(id))
+                .map(|refs| refs.clone().into_vec())
+                .unwrap_or_else(|| step.hints.clone());
+            outcome.hints = hint_notes(lesson, &hints);
         }
         ctx.log.end_step(&outcome);
         proof_lines.extend(outcome.proof.iter().cloned());

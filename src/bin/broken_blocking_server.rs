@@ -46,6 +46,14 @@ enum Bug {
     /// l04: a pool with no queue: a client arriving while every worker is
     /// busy is closed at once (lost).
     DropsQueued,
+    /// l04: a pool (10 workers unless `--workers`) whose workers keep the
+    /// queue's lock while serving (`while let Ok(c) = q.lock()..recv()`
+    /// keeps the guard for the loop's body): one client served at a time.
+    LockHeldWhileServing,
+    /// l04: a pool (10 workers unless `--workers`) with no queue whose
+    /// workers take half a second to start: the clients that arrive first,
+    /// with no worker ready, are closed at once.
+    DropsBeforeWorkersStart,
 }
 
 #[derive(Parser, Debug)]
@@ -76,6 +84,9 @@ fn main() -> io::Result<()> {
             }
         }
         (Bug::OneThreadMultiplexed, _) => multiplexed(listener, max_frame)?,
+        (Bug::LockHeldWhileServing | Bug::DropsBeforeWorkersStart, workers) => {
+            pool(listener, workers.unwrap_or(10), bug, max_frame)
+        }
         (Bug::IgnoresWorkers, _) | (_, None) => {
             for stream in listener.incoming().flatten() {
                 std::thread::spawn(move || handle(stream, bug, max_frame));
@@ -94,24 +105,34 @@ fn pool(listener: TcpListener, workers: usize, bug: Bug, max_frame: usize) {
     let (direct_tx, direct_rx): (SyncSender<TcpStream>, Receiver<TcpStream>) =
         mpsc::sync_channel(0);
     // Both kinds of channel hand out the same `Receiver` type.
-    let receiver = if bug == Bug::DropsQueued {
-        direct_rx
-    } else {
-        queue_rx
-    };
+    let drops = matches!(bug, Bug::DropsQueued | Bug::DropsBeforeWorkersStart);
+    let receiver = if drops { direct_rx } else { queue_rx };
     let queue = Arc::new(Mutex::new(receiver));
     for _ in 0..workers {
         let queue = queue.clone();
-        std::thread::spawn(move || loop {
-            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-            match next {
-                Ok(stream) => handle(stream, bug, max_frame),
-                Err(_) => return,
+        if bug == Bug::LockHeldWhileServing {
+            std::thread::spawn(move || {
+                while let Ok(stream) = queue.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                    handle(stream, bug, max_frame);
+                }
+            });
+            continue;
+        }
+        std::thread::spawn(move || {
+            if bug == Bug::DropsBeforeWorkersStart {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                match next {
+                    Ok(stream) => handle(stream, bug, max_frame),
+                    Err(_) => return,
+                }
             }
         });
     }
     for stream in listener.incoming().flatten() {
-        if bug == Bug::DropsQueued {
+        if drops {
             if let Err(TrySendError::Full(stream)) = direct_tx.try_send(stream) {
                 drop(stream);
             }

@@ -205,6 +205,68 @@ fn a_server_ignoring_workers_serves_too_many_at_once_and_fails_pool() {
     assert!(served > 10, "{stdout}");
 }
 
+/// The hint course.yaml maps to a cause, quoted by the failure.
+fn quotes_hint(failed: &serde_json::Value, number: u64) -> bool {
+    failed["hints"]
+        .as_array()
+        .is_some_and(|hints| hints.iter().any(|h| h["number"] == number))
+}
+
+#[test]
+fn a_pool_whose_workers_keep_the_lock_while_serving_is_told_so() {
+    // Ten workers exist, yet the second client waits while the first is
+    // held: the diagnosis is the lock, not "give each client a thread".
+    let failed = track_fixture_fails_with_cause(
+        "broken_blocking_server",
+        "w01-l04",
+        "lock-held-while-serving",
+        "concurrency",
+        "pool.lock-held-while-serving",
+    );
+    let cause = failed["cause"].as_str().unwrap();
+    assert!(
+        cause.contains("the queue's lock is held while serving"),
+        "{cause}"
+    );
+    assert!(!cause.contains("its own thread"), "{cause}");
+    assert!(quotes_hint(&failed, 2), "{failed}");
+}
+
+#[test]
+fn a_thread_per_connection_lesson_keeps_its_own_diagnosis_for_one_at_a_time() {
+    let failed = track_fixture_fails_with_cause(
+        "broken_blocking_server",
+        "w01-l03",
+        "one-at-a-time",
+        "concurrency",
+        "concurrency.one-at-a-time",
+    );
+    assert!(
+        failed["cause"].as_str().unwrap().contains("its own thread"),
+        "{failed}"
+    );
+}
+
+#[test]
+fn a_pool_that_closes_clients_before_a_worker_takes_them_is_told_so_at_frames() {
+    // Its workers are not ready when the first client comes: the frames
+    // probe sees a closed connection; the pool probe behind it shows the
+    // pool dropping a client it cannot hand over, not a framing bug.
+    let failed = track_fixture_fails_with_cause(
+        "broken_blocking_server",
+        "w01-l04",
+        "drops-before-workers-start",
+        "frames",
+        "pool.drops-unserved",
+    );
+    let cause = failed["cause"].as_str().unwrap();
+    assert!(
+        cause.contains("The pool drops the clients it cannot serve now"),
+        "{cause}"
+    );
+    assert!(quotes_hint(&failed, 3), "{failed}");
+}
+
 #[test]
 fn a_pool_that_drops_queued_clients_fails_pool_counting_the_lost() {
     fixture_fails_at(

@@ -172,3 +172,32 @@ pub fn course_with_absolute_paths() -> String {
             &format!("solution: {root}/solutions/"),
         )
 }
+
+/// Runs `lesson` with `--exec` on the fixture `binary --bug BUG` (seed 7,
+/// JSON) and asserts it fails at `step` with the diagnosed cause `cause_id`
+/// (the id the fixture's bug plants). Returns the failing step's record.
+pub fn track_fixture_fails_with_cause(
+    binary: &str,
+    lesson: &str,
+    bug: &str,
+    step: &str,
+    cause_id: &str,
+) -> serde_json::Value {
+    let tag = format!("{binary}-{lesson}-{bug}-cause");
+    let exec = format!("{} --bug {bug} --tag {tag}", tool(binary).display());
+    let (output, stdout) =
+        run_checker(&[lesson, "--exec", &exec, "--seed", "7", "--format", "json"]);
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("checker's JSON");
+    let failed = json["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["status"] == "fail")
+        .cloned()
+        .unwrap_or_else(|| panic!("no failed step in:\n{stdout}"));
+    assert_eq!(failed["name"], step, "{stdout}");
+    assert_eq!(failed["cause_id"], cause_id, "{stdout}");
+    assert_nothing_left(&tag);
+    failed
+}

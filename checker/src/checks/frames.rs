@@ -234,6 +234,7 @@ impl Check for Frames {
             // Every echo of the case so far, compared against all its frames.
             let mut received: Vec<u8> = Vec::with_capacity(expected.len());
             let mut failure = None;
+            let mut closed_unechoed = false;
             let mut next_frame = 0;
             for round in case.rounds {
                 let frames = &case.payloads[next_frame..next_frame + round.frames];
@@ -255,6 +256,7 @@ impl Check for Frames {
                     Ending::TimedOut => format!("no complete echo within {} s", self.timeout_secs),
                     other => format!("reading the echo {}", other.describe()),
                 };
+                closed_unechoed = exchange.ending.is_closed();
                 failure = Some((what, exchange.write_error));
                 break;
             }
@@ -265,10 +267,20 @@ impl Check for Frames {
                     evidence.push(format!("sending failed too: {err}"));
                 }
                 evidence.extend(Ctx::server_evidence(&mut server));
-                return Ok(StepOutcome::fail(format!("{}: {what}", case.name))
+                let outcome = StepOutcome::fail(format!("{}: {what}", case.name))
                     .cause(case.cause)
                     .evidence(evidence)
-                    .figure("frames_echoed", echoed));
+                    .figure("frames_echoed", echoed);
+                if received.is_empty() && closed_unechoed {
+                    // Closed before any echo: in the pool lesson, ask the
+                    // pool whether it drops clients (the framing is given).
+                    return Ok(super::pool::diagnosis::closed_unechoed(
+                        ctx,
+                        server.addr,
+                        outcome,
+                    ));
+                }
+                return Ok(outcome);
             }
             echoed += case.payloads.len();
             ctx.log

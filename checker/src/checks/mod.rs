@@ -161,15 +161,15 @@ impl<'de> de::DeserializeSeed<'de> for KindSeed<'_> {
 }
 
 /// `hint: 3` or `hint: [1, 3]`.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Debug, Clone)]
 #[serde(untagged)]
-enum HintRefs {
+pub enum HintRefs {
     One(usize),
     Several(Vec<usize>),
 }
 
 impl HintRefs {
-    fn into_vec(self) -> Vec<usize> {
+    pub fn into_vec(self) -> Vec<usize> {
         match self {
             HintRefs::One(n) => vec![n],
             HintRefs::Several(list) => list,

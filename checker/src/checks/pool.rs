@@ -393,3 +393,110 @@ mod tests {
         );
     }
 }
+
+/// The pool lessons' diagnoses, for the steps before `pool` that fail on a
+/// pool bug's symptom (a closed connection, a client that waits forever):
+/// each is read from the server itself, never assumed from the symptom.
+pub mod diagnosis {
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use stress::frame::encode;
+
+    use crate::checks::frame_client::{self, Ending, Piece};
+    use crate::checks::{Ctx, StepKind};
+    use crate::report::StepOutcome;
+
+    pub const DROPS_UNSERVED: &str = "pool.drops-unserved";
+    pub const LOCK_HELD: &str = "pool.lock-held-while-serving";
+
+    /// Whether the lesson is the pool lesson (it has a `pool` step), and the
+    /// `--workers` its server steps run with (the course default is 10).
+    pub fn pool_workers(ctx: &Ctx) -> Option<usize> {
+        ctx.lesson
+            .verify
+            .iter()
+            .any(|step| matches!(step.kind, StepKind::Pool(_)))
+            .then(|| {
+                let args = &ctx.lesson.server_args;
+                args.iter()
+                    .position(|a| a == "--workers")
+                    .and_then(|i| args.get(i + 1)?.parse().ok())
+                    .unwrap_or(10)
+            })
+    }
+
+    /// Holds `workers` clients, each echoed once, so every worker is busy,
+    /// then connects one more and sends it a frame. A pool with a queue
+    /// keeps that client open and unechoed (it waits for a worker); a pool
+    /// that drops the clients it cannot hand over at once closes it.
+    /// `None` when the workers could not all be occupied (no verdict).
+    pub fn drops_a_waiting_client(addr: SocketAddr, workers: usize) -> Option<bool> {
+        let mut held: Vec<TcpStream> = Vec::with_capacity(workers);
+        // A pool that drops clients may drop these too while its workers
+        // are not ready: retry a closed one, for a bounded while.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for n in 0..workers {
+            loop {
+                let mut stream = frame_client::connect(addr).ok()?;
+                let sent = encode(format!("worker {n} busy").as_bytes());
+                let exchange = frame_client::exchange(
+                    &mut stream,
+                    vec![Piece::new(sent.clone(), Duration::ZERO)],
+                    sent.len(),
+                    Duration::from_secs(3),
+                );
+                if matches!(exchange.ending, Ending::Complete) && exchange.received == sent {
+                    held.push(stream);
+                    break;
+                }
+                if !exchange.ending.is_closed() || Instant::now() >= deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let mut extra = frame_client::connect(addr).ok()?;
+        let sent = encode(b"one client too many");
+        let exchange = frame_client::exchange(
+            &mut extra,
+            vec![Piece::new(sent.clone(), Duration::ZERO)],
+            sent.len(),
+            Duration::from_millis(800),
+        );
+        let dropped = exchange.received.is_empty() && exchange.ending.is_closed();
+        let waited = matches!(exchange.ending, Ending::TimedOut);
+        drop(extra);
+        drop(held);
+        (dropped || waited).then_some(dropped)
+    }
+
+    /// Gives a step that failed on a connection closed before any echo the
+    /// pool's cause, when the probe shows the pool dropping a client.
+    pub fn closed_unechoed(ctx: &Ctx, addr: SocketAddr, outcome: StepOutcome) -> StepOutcome {
+        let Some(workers) = pool_workers(ctx) else {
+            return outcome;
+        };
+        if drops_a_waiting_client(addr, workers) != Some(true) {
+            return outcome;
+        }
+        outcome.cause_as(
+            DROPS_UNSERVED,
+            format!(
+                "a client was closed before any worker took it: with {workers} busy workers, one more client was closed unechoed instead of waiting. The pool drops the clients it cannot serve now; a client that arrives while every worker is busy must wait in the queue until a worker is free"
+            ),
+        )
+    }
+
+    /// The cause when a second client waits while the first is held idle,
+    /// in the pool lesson: with several threads running, one worker is
+    /// serving everyone in turn.
+    pub fn one_served_at_a_time(threads: usize) -> (&'static str, String) {
+        (
+            LOCK_HELD,
+            format!(
+                "one worker served every client while the others waited, though the server runs {threads} threads: the queue's lock is held while serving. Take the next client out of the queue in a statement of its own, so the lock is released before the worker starts serving it"
+            ),
+        )
+    }
+}
