@@ -150,8 +150,23 @@ struct Scratch {
 
 impl Scratch {
     fn prepare(course: &Course, lesson: &Lesson) -> Result<Scratch> {
-        let target_root = course.root.join("target");
-        let dir = target_root.join("mutants-scratch").join(&lesson.id);
+        // CHECKER_MUTANTS_WORK moves the copies and their target directory
+        // elsewhere (a test beside a real run); default: the workspace's
+        // target/.
+        let (scratch_root, target) = match std::env::var_os("CHECKER_MUTANTS_WORK") {
+            Some(work) => {
+                let work = PathBuf::from(work);
+                (work.join("scratch"), work.join("target"))
+            }
+            None => {
+                let target_root = course.root.join("target");
+                (
+                    target_root.join("mutants-scratch"),
+                    target_root.join("mutants-target"),
+                )
+            }
+        };
+        let dir = scratch_root.join(&lesson.id);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("removing the old copy {}", dir.display()))?;
@@ -173,7 +188,7 @@ impl Scratch {
         }
         Ok(Scratch {
             dir,
-            target: target_root.join("mutants-target"),
+            target,
             sources,
         })
     }
