@@ -2,8 +2,12 @@
 //! C10K, `--stats`, graceful shutdown), one per `--bug`. `--bug none` is a
 //! correct single-threaded edge-triggered epoll server that raises
 //! RLIMIT_NOFILE, listens with a backlog of 4,096, prints the stats lines
-//! with `--stats` and shuts down in order on SIGINT/SIGTERM (signalfd);
-//! every other bug differs from it by one thing.
+//! with `--stats` and shuts down in order on SIGINT/SIGTERM (signalfd, out
+//! of the epoll set once the shutdown begins): it reads what is waiting in
+//! every socket, writes out pending echoes for at most 1.5 s, closes each
+//! connection with FIN once its output is written, and counts as errors the
+//! connections that failed and those given up on at the deadline. Every
+//! other bug differs from it by one thing.
 //!
 //! Speaks the course's command line (`--port`, `--host`, `listening on`),
 //! and accepts and ignores the lessons' other flags.
@@ -42,6 +46,24 @@ enum Bug {
     ExitOnSignal,
     /// Shuts down in order but closes every socket with SO_LINGER 0 (RST).
     ResetOnClose,
+    /// On the signal, writes out pending echoes and closes, but never reads
+    /// what is still waiting in the sockets (unread input: a reset).
+    ShutdownDropsUnreadInput,
+    /// Waits for every pending echo to be written, however long it takes:
+    /// a client that never reads holds the exit forever.
+    NoGraceBound,
+    /// Final stats always say 0 errors, even for the connections given up
+    /// on at the grace deadline.
+    ErrorsNotCounted,
+    /// Leaves the signalfd in the (level-triggered) epoll set during the
+    /// shutdown, unread: a second signal makes every wait return at once.
+    SecondSignalSpins,
+    /// Waits for writable sockets during the shutdown with a zero timeout:
+    /// a busy loop for as long as a client does not read.
+    ShutdownPolls,
+    /// Keeps every connection open until the whole shutdown is over, even
+    /// those whose echoes are all written: their EOF waits for the slowest.
+    CloseAtEnd,
 }
 
 #[derive(Parser, Debug)]
@@ -57,41 +79,82 @@ struct Args {
 const LISTENER: u64 = u64::MAX;
 const SIGNALS: u64 = u64::MAX - 1;
 
-/// Reads what arrived, writes out every pending echo (bounded), closes
-/// every connection (with a reset for `reset-on-close`), prints the rest.
-fn shut_down(epoll: &Epoll, conns: &mut HashMap<RawFd, Conn>, bug: Bug, mut total: u64) {
+/// Counted from start to exit, for the final stats line.
+#[derive(Default)]
+struct Totals {
+    /// Frames echoed.
+    requests: u64,
+    /// Connections that failed with an I/O error, plus those given up on
+    /// at the grace deadline with output unsent.
+    errors: u64,
+}
+
+/// Reads what arrived, writes out every pending echo (for at most 1.5 s),
+/// closes each connection once its output is written (with a reset for
+/// `reset-on-close`), counts what failed or was given up on, prints the rest.
+fn shut_down(epoll: &Epoll, conns: &mut HashMap<RawFd, Conn>, bug: Bug, totals: &mut Totals) {
+    use std::time::{Duration, Instant};
     println!("Closing {} connections...", conns.len());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let deadline = (bug != Bug::NoGraceBound).then(|| Instant::now() + Duration::from_millis(1500));
     let mut events = vec![EpollEvent::empty(); 1024];
+    // close-at-end: finished connections wait here until the end.
+    let mut finished = Vec::new();
     loop {
-        conns.retain(|_, conn| {
-            let alive = read_in(conn) && echo_and_flush(conn, bug, &mut total);
+        let fds: Vec<RawFd> = conns.keys().copied().collect();
+        for fd in fds {
+            let Some(conn) = conns.get_mut(&fd) else {
+                continue;
+            };
+            let read_ok = bug == Bug::ShutdownDropsUnreadInput || read_in(conn);
+            let alive = read_ok && echo_and_flush(conn, bug, &mut totals.requests);
             if alive && !conn.outbuf.is_empty() {
-                return true;
+                continue;
             }
-            if bug == Bug::ResetOnClose {
-                let linger = nix::libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                };
-                let _ = nix::sys::socket::setsockopt(
-                    &conn.stream,
-                    nix::sys::socket::sockopt::Linger,
-                    &linger,
-                );
-            } else {
-                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+            let Some(conn) = conns.remove(&fd) else {
+                continue;
+            };
+            if !alive {
+                totals.errors += 1;
             }
-            false
-        });
-        if conns.is_empty() || std::time::Instant::now() >= deadline {
+            match bug {
+                Bug::ResetOnClose => {
+                    let linger = nix::libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
+                    let _ = nix::sys::socket::setsockopt(
+                        &conn.stream,
+                        nix::sys::socket::sockopt::Linger,
+                        &linger,
+                    );
+                }
+                // Not closed yet: closed with the rest at the very end.
+                Bug::CloseAtEnd => finished.push(conn),
+                _ => {
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                }
+            }
+        }
+        if conns.is_empty() || deadline.is_some_and(|at| Instant::now() >= at) {
             break;
         }
-        let _ = epoll.wait(&mut events, EpollTimeout::from(10u16));
+        let wait_ms = if bug == Bug::ShutdownPolls { 0u16 } else { 10 };
+        let _ = epoll.wait(&mut events, EpollTimeout::from(wait_ms));
     }
+    // Given up on at the deadline, output still unsent: errors.
+    totals.errors += conns.len() as u64;
     conns.clear();
+    drop(finished);
     println!("All connections closed.");
-    println!("Final stats: {total} requests served, 0 errors");
+    let errors = if bug == Bug::ErrorsNotCounted {
+        0
+    } else {
+        totals.errors
+    };
+    println!(
+        "Final stats: {} requests served, {errors} errors",
+        totals.requests
+    );
 }
 
 struct Conn {
@@ -168,8 +231,9 @@ fn epoll_loop(listener: &TcpListener, bug: Bug, stats: bool) -> io::Result<()> {
     let second = Duration::from_secs(1);
     let mut next_report = stats.then(|| Instant::now() + second);
     let (mut requests, mut bytes, mut since) = (0u64, 0u64, Instant::now());
-    // Frames echoed over the whole run, for the final stats line.
-    let mut total = 0u64;
+    // Frames echoed and connections failed over the whole run, for the
+    // final stats line.
+    let mut totals = Totals::default();
     let mut mask = nix::sys::signal::SigSet::empty();
     mask.add(nix::sys::signal::Signal::SIGINT);
     mask.add(nix::sys::signal::Signal::SIGTERM);
@@ -205,7 +269,7 @@ fn epoll_loop(listener: &TcpListener, bug: Bug, stats: bool) -> io::Result<()> {
                 let pending = conns.values().filter(|c| !c.outbuf.is_empty()).count();
                 let secs = since.elapsed().as_secs_f64().max(0.001);
                 report(bug, conns.len(), pending, requests, bytes, secs);
-                total += requests;
+                totals.requests += requests;
                 (requests, bytes, since) = (0, 0, Instant::now());
                 next_report = Some((at + second).max(Instant::now()));
             }
@@ -234,7 +298,12 @@ fn epoll_loop(listener: &TcpListener, bug: Bug, stats: bool) -> io::Result<()> {
                     if bug == Bug::ExitOnSignal {
                         std::process::exit(0);
                     }
-                    shut_down(&epoll, &mut conns, bug, total + requests);
+                    if bug != Bug::SecondSignalSpins {
+                        // A second signal stays pending and changes nothing.
+                        epoll.delete(&signals)?;
+                    }
+                    totals.requests += requests;
+                    shut_down(&epoll, &mut conns, bug, &mut totals);
                     return Ok(());
                 }
                 continue;
@@ -285,6 +354,8 @@ fn epoll_loop(listener: &TcpListener, bug: Bug, stats: bool) -> io::Result<()> {
                 bytes += (conn.inbuf.len() - before) as u64;
             }
             alive = alive && echo_and_flush(conn, bug, &mut requests);
+            // A broken connection is an error; one the client finished is not.
+            let failed = !alive;
             if alive && conn.closed && conn.outbuf.is_empty() {
                 alive = false;
             }
@@ -302,6 +373,7 @@ fn epoll_loop(listener: &TcpListener, bug: Bug, stats: bool) -> io::Result<()> {
                 }
             }
             if !alive {
+                totals.errors += u64::from(failed);
                 conns.remove(&fd);
             }
         }

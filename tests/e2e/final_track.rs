@@ -171,13 +171,39 @@ fn w03_l22_solution_shuts_down_gracefully_on_both_signals() {
     let (output, stdout) = run_checker(&["w03-l22", "--solution", "--seed", "1"]);
     assert_eq!(exit_code(&output), 0, "{stdout}");
     for signal in ["SIGINT", "SIGTERM"] {
-        let line = format!(
-            "shutdown: {signal} with 1000 connections open and echoes pending: exit 0 within 2000 ms"
-        );
-        assert!(stdout.contains(&line), "missing `{line}` in:\n{stdout}");
+        for line in [
+            format!("shutdown: {signal} with 1000 connections open and echoes pending: exit 0 within 2000 ms"),
+            format!("shutdown: {signal} with frames unread in 200 sockets of the stopped server: exit 0 within 2000 ms, all echoed, every client saw EOF, final stats 600 requests, 0 errors"),
+            format!("shutdown: {signal} with 2 clients that never read: exit 0 within 2000 ms, 20 reading clients echoed and saw EOF within 500 ms, final stats 2 errors"),
+            format!("shutdown: a second {signal} during the shutdown: exit 0 within 2000 ms, at most 200 ms of CPU until the exit"),
+        ] {
+            assert!(stdout.contains(&line), "missing `{line}` in:\n{stdout}");
+        }
     }
-    assert!(stdout.contains("every client saw EOF"), "{stdout}");
+    assert!(
+        stdout.contains("every client saw EOF, final stats"),
+        "{stdout}"
+    );
     assert!(stdout.contains("result: PASS w03-l22"), "{stdout}");
+}
+
+/// The w04-l23 reference carries the same shutdown (and the same signalfd
+/// registration): a second signal must not make it spin either.
+#[test]
+fn w04_l23_solution_passes_the_shutdown_cases() {
+    let solution = workspace_root().join("solutions/w04-l23");
+    let (output, stdout) = run_checker(&[
+        "w03-l22",
+        "--path",
+        solution.to_str().expect("utf-8 path"),
+        "--seed",
+        "5",
+    ]);
+    assert_eq!(exit_code(&output), 0, "{stdout}");
+    assert!(
+        stdout.contains("shutdown: a second SIGINT during the shutdown"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -203,6 +229,100 @@ fn exiting_on_the_signal_without_flushing_fails_the_shutdown_step() {
 fn closing_with_a_reset_fails_the_shutdown_step() {
     let stdout = fixture_fails_at("w03-l22", "reset-on-close", "shutdown");
     assert!(stdout.contains("ended with a reset"), "{stdout}");
+    assert!(stdout.contains("SO_LINGER 0 or unread input"), "{stdout}");
+}
+
+#[test]
+fn a_shutdown_that_never_reads_what_is_waiting_fails_the_shutdown_step() {
+    let stdout = fixture_fails_at("w03-l22", "shutdown-drops-unread-input", "shutdown");
+    // Case 1 reads nothing new after the signal: it passes; case 2 does not.
+    assert!(stdout.contains("case 2/4"), "{stdout}");
+    assert!(
+        stdout.contains("did not get back the frames that waited unread in the server's socket when it handled SIGINT"),
+        "{stdout}"
+    );
+    // The fixture's loop takes the ready sockets in order: only those sent
+    // while the signal was pending (after it in the ready list) are lost.
+    assert!(
+        stdout.contains("0 of the 100 that sent them before the signal, 100 of the 100 that sent them while it was pending"),
+        "{stdout}"
+    );
+    // Its FIN (shutdown(Write)) reaches the clients before the reset that
+    // close() sends for the unread input: they see EOF, and lose the frames.
+    assert!(
+        stdout.contains("0 connections ended with a reset"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("read every connection once more before closing it"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_shutdown_without_a_grace_bound_fails_the_shutdown_step() {
+    let stdout = fixture_fails_at("w03-l22", "no-grace-bound", "shutdown");
+    assert!(stdout.contains("case 3/4"), "{stdout}");
+    assert!(
+        stdout.contains("the server was still running")
+            && stdout.contains("held by 2 clients that never read their echoes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("write pending output only for a grace period"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn final_stats_without_the_abandoned_clients_fail_the_shutdown_step() {
+    let stdout = fixture_fails_at("w03-l22", "errors-not-counted", "shutdown");
+    assert!(stdout.contains("case 3/4"), "{stdout}");
+    assert!(
+        stdout.contains("0 errors` after SIGINT, not 2 errors: 2 clients never read and still had echoes unsent when the grace period ended"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("E counts the connections closed because of a failure"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_signalfd_left_unread_in_the_epoll_set_fails_the_shutdown_step() {
+    let stdout = fixture_fails_at("w03-l22", "second-signal-spins", "shutdown");
+    // The same shutdown with one signal passes (case 3); the second spins.
+    assert!(stdout.contains("case 4/4"), "{stdout}");
+    assert!(
+        stdout.contains("after a second SIGINT during the shutdown the server used"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("its loop spins"), "{stdout}");
+    assert!(stdout.contains("read it until EAGAIN"), "{stdout}");
+}
+
+#[test]
+fn a_shutdown_loop_that_polls_fails_the_shutdown_step() {
+    let stdout = fixture_fails_at("w03-l22", "shutdown-polls", "shutdown");
+    assert!(stdout.contains("case 3/4"), "{stdout}");
+    assert!(
+        stdout.contains("it does not sleep while it waits"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn closing_finished_connections_only_at_the_end_fails_the_shutdown_step() {
+    let stdout = fixture_fails_at("w03-l22", "close-at-end", "shutdown");
+    assert!(stdout.contains("case 3/4"), "{stdout}");
+    assert!(
+        stdout.contains("the 20 clients that read had their echo at once but saw EOF only up to"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("close each connection as soon as its last echo is written"),
+        "{stdout}"
+    );
 }
 
 #[test]
