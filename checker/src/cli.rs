@@ -108,6 +108,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         transcripts: Option<PathBuf>,
     },
+    /// For maintainers: rewrite each lesson README's "What the checker runs"
+    /// list from course.yaml's steps (validate fails when one differs)
+    Readmes,
     /// For maintainers: mutation testing of each lesson's gap functions,
     /// the checker as the oracle; writes docs/mutants/<id>.json and docs/MUTANTS.md
     Mutants {
@@ -259,6 +262,12 @@ fn run(cli: Cli) -> Result<u8> {
             seed,
             transcripts,
         } => crate::validate::validate(&course, &ids, seed, transcripts.as_deref()),
+        Command::Readmes => {
+            for path in crate::lint::write_checker_runs(&course)? {
+                println!("rewrote {}", path.display());
+            }
+            Ok(0)
+        }
         Command::Mutants {
             ids,
             mutant,

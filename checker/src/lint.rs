@@ -59,6 +59,18 @@ fn readme_problems(course: &Course, lesson: &Lesson, problems: &mut Vec<String>)
             README_SECTIONS.join(", ")
         ));
     }
+    match checker_runs_block(&text) {
+        None => problems.push(format!(
+            "{}: the `## Verify` section lacks the generated list of what the checker runs (write it with `checker readmes`)",
+            path.display()
+        )),
+        Some(block) if block != what_the_checker_runs(lesson) => problems.push(format!(
+            "{}: the list of what the checker runs differs from course.yaml's steps for {} (rewrite it with `checker readmes`)",
+            path.display(),
+            lesson.id
+        )),
+        Some(_) => {}
+    }
     let readme_hints = readme_hints(&text);
     if readme_hints != lesson.hints {
         problems.push(format!(
@@ -67,6 +79,69 @@ fn readme_problems(course: &Course, lesson: &Lesson, problems: &mut Vec<String>)
             lesson.id
         ));
     }
+}
+
+/// Where the generated list of steps begins and ends in a README.
+const RUNS_BEGIN: &str =
+    "<!-- generated from course.yaml by `checker readmes`: change the steps there, not here -->";
+const RUNS_END: &str = "<!-- end of the generated list -->";
+
+/// "What the checker runs": the lesson's verify steps, each as its one-line
+/// summary, so the README says what is checked and nothing else.
+pub fn what_the_checker_runs(lesson: &Lesson) -> String {
+    let mut text = format!("### What the checker runs\n\n{RUNS_BEGIN}\n");
+    for (i, step) in lesson.verify.iter().enumerate() {
+        text.push_str(&format!(
+            "{}. `{}`: {}\n",
+            i + 1,
+            step.name(),
+            step.summary()
+        ));
+    }
+    text.push_str("\nThe steps run in this order; the first that fails ends the run, and its failure quotes what was sent, what came back, the likely cause and the hints that apply.\n");
+    text.push_str(RUNS_END);
+    text
+}
+
+/// The generated block of a README, from its heading to its end marker.
+fn checker_runs_block(readme: &str) -> Option<&str> {
+    let start = readme.find("### What the checker runs")?;
+    let end = readme[start..].find(RUNS_END)? + start + RUNS_END.len();
+    Some(&readme[start..end])
+}
+
+/// Writes (or rewrites) the generated block at the end of each README's
+/// `## Verify` section. Returns the READMEs it changed.
+pub fn write_checker_runs(course: &Course) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut changed = Vec::new();
+    for lesson in &course.lessons {
+        let path = course.readme_path(lesson);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let block = what_the_checker_runs(lesson);
+        let updated = match checker_runs_block(&text) {
+            Some(old) => text.replacen(old, &block, 1),
+            None => {
+                let Some(at) = text.find("\n## Done When") else {
+                    anyhow::bail!(
+                        "{}: no `## Done When` section to put the list before",
+                        path.display()
+                    );
+                };
+                format!(
+                    "{}\n{block}\n{}",
+                    text[..at].trim_end_matches('\n').to_string() + "\n",
+                    &text[at..]
+                )
+            }
+        };
+        if updated != text {
+            std::fs::write(&path, &updated)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+            changed.push(path);
+        }
+    }
+    Ok(changed)
 }
 
 /// The `- ` bullets of the README's `## Hints` section.
