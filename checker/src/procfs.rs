@@ -192,6 +192,90 @@ pub fn epoll_fds(pid: Pid) -> Result<Vec<i32>> {
         .collect())
 }
 
+/// One row of /proc/PID/net/tcp or tcp6: a TCP socket of the process's
+/// network namespace (the table lists every process's sockets, the
+/// checker's own clients too; an `inode` of 0 is a connection still in an
+/// accept queue, not yet a file).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpSocket {
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+    /// The kernel's TCP state number (`st`): 0x01 established, 0x0A listen.
+    pub state: u8,
+    pub inode: u64,
+}
+
+pub const TCP_LISTEN: u8 = 0x0A;
+
+/// Every row of /proc/PID/net/tcp and tcp6 (missing tables are skipped).
+pub fn tcp_sockets(pid: Pid) -> Vec<TcpSocket> {
+    let mut found = Vec::new();
+    for table in ["net/tcp", "net/tcp6"] {
+        let Ok(text) = read(pid, table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(state), Some(inode)) = (
+                words.get(1).and_then(|w| parse_tcp_address(w)),
+                words.get(2).and_then(|w| parse_tcp_address(w)),
+                words.get(3).and_then(|w| u8::from_str_radix(w, 16).ok()),
+                words.get(9).and_then(|w| w.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            found.push(TcpSocket {
+                local,
+                remote,
+                state,
+                inode,
+            });
+        }
+    }
+    found
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6): the kernel
+/// prints each 32-bit word of the address as a native-endian number, and
+/// the port in host order. IPv4-mapped IPv6 addresses read as IPv4.
+fn parse_tcp_address(word: &str) -> Option<std::net::SocketAddr> {
+    let (address, port) = word.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for i in (0..address.len()).step_by(8) {
+        let chunk = address.get(i..i + 8)?;
+        bytes.extend(u32::from_str_radix(chunk, 16).ok()?.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    // A dual-stack socket's IPv4 peers show as IPv4-mapped IPv6.
+    Some(std::net::SocketAddr::new(ip.to_canonical(), port))
+}
+
+/// The process's fd for its end of the TCP connection whose far end is
+/// `peer` (a checker client's local address), once it has accepted it;
+/// `None` while the connection waits in the accept queue, or if it never
+/// reached this process.
+pub fn fd_of_connection_from(pid: Pid, peer: std::net::SocketAddr) -> Result<Option<i32>> {
+    let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let inode = tcp_sockets(pid)
+        .into_iter()
+        .find(|s| s.remote == peer && s.inode != 0)
+        .map(|s| s.inode);
+    let Some(inode) = inode else {
+        return Ok(None);
+    };
+    let target = format!("socket:[{inode}]");
+    Ok(open_fds(pid)?
+        .into_iter()
+        .find(|f| f.target == target)
+        .map(|f| f.fd))
+}
+
 /// The syscall number each thread is blocked in (/proc/PID/task/TID/syscall),
 /// `None` for a thread that is running.
 pub fn blocked_syscalls(pid: Pid) -> Result<Vec<Option<i64>>> {
@@ -270,5 +354,20 @@ mod tests {
         use std::os::fd::AsRawFd;
         assert_ne!(fd_flags(me, listener.as_raw_fd()).unwrap() & O_NONBLOCK, 0);
         cpu_time(me).unwrap();
+    }
+
+    #[test]
+    fn an_accepted_connection_is_found_by_its_peer_address() {
+        let me = Pid::this();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        use std::os::fd::AsRawFd;
+        let fd = fd_of_connection_from(me, client.local_addr().unwrap()).unwrap();
+        assert_eq!(fd, Some(accepted.as_raw_fd()));
+        let listening = tcp_sockets(me)
+            .into_iter()
+            .find(|s| s.local == listener.local_addr().unwrap() && s.state == TCP_LISTEN);
+        assert!(listening.is_some());
     }
 }

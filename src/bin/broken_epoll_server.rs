@@ -34,6 +34,16 @@ enum Bug {
     /// EPOLLET; stops reading after a read shorter than its buffer, without
     /// asking whether a FIN is queued behind the bytes (no EPOLLRDHUP).
     StopAfterShortRead,
+    /// EPOLLET in epoll.add, but not in the epoll.modify that arms and
+    /// disarms EPOLLOUT: a client whose output backed up is level-triggered
+    /// from then on.
+    ModifyDropsEt,
+    /// The error arm of a client unwraps: a reset (ECONNRESET / EPIPE)
+    /// panics and ends the whole server.
+    ResetKillsServer,
+    /// The error arm retries the failed write at once, as if it were
+    /// EINTR: a reset client with output pending holds the loop forever.
+    ResetRetriesForever,
 }
 
 #[derive(Parser, Debug)]
@@ -181,13 +191,32 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
                 alive = read_in(conn, read_mode);
             }
             alive = alive && echo_and_flush(conn);
+            if !alive {
+                // The connection is broken (reset, EPIPE): the error arm.
+                match bug {
+                    Bug::ResetKillsServer => {
+                        panic!("fd {fd}: connection error, unwrapped")
+                    }
+                    Bug::ResetRetriesForever => {
+                        while !conn.outbuf.is_empty() {
+                            fixture::flush(&mut conn.stream, &mut conn.outbuf);
+                        }
+                    }
+                    _ => {}
+                }
+            }
             if alive && conn.closed && conn.outbuf.is_empty() {
                 alive = false;
             }
             if alive {
                 let want_out = !conn.outbuf.is_empty();
                 if want_out != conn.out_armed {
-                    let mut flags = EpollFlags::EPOLLIN | et;
+                    let modify_et = if bug == Bug::ModifyDropsEt {
+                        EpollFlags::empty()
+                    } else {
+                        et
+                    };
+                    let mut flags = EpollFlags::EPOLLIN | modify_et;
                     if want_out {
                         flags |= EpollFlags::EPOLLOUT;
                     }

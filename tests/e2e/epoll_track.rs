@@ -65,11 +65,17 @@ fn w03_l18_solution_passes_with_its_proof_lines() {
     assert_eq!(exit_code(&output), 0, "{stdout}");
     for line in [
         "epoll: 5 client sockets registered with EPOLLET",
+        "epoll: EPOLLET kept on every client registration while a slow reader's echoes backed up and after; a client reset mid-echo survived",
         "burst: 256 frames (256 KiB) in one write, all echoed",
         "connect_burst: 500 clients connected at once, all echoed",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
+    // The readings went on while the solution armed and disarmed EPOLLOUT.
+    assert!(
+        stdout.contains("backing up (EPOLLOUT armed), draining, drained (EPOLLOUT disarmed)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("result: PASS w03-l18"), "{stdout}");
 }
 
@@ -133,4 +139,58 @@ fn an_edge_triggered_server_that_drains_to_wouldblock_passes_the_disconnects_ste
         stdout.contains("disconnects: 50 clients sent a frame with EOF right behind it"),
         "{stdout}"
     );
+}
+
+/// The idle clients never make the server change a registration: only a
+/// client whose echoes back up does (EPOLLOUT armed, then disarmed), and
+/// the modify that does it must keep EPOLLET.
+#[test]
+fn a_modify_without_epollet_fails_w03_l18_at_the_epoll_step_naming_the_fd_and_events() {
+    let stdout = fixture_fails_at("w03-l18", "modify-drops-et", "epoll");
+    for text in [
+        "while the slow reader's 8177 KiB of echoes back up: 1 of 6 client registrations lack EPOLLET",
+        "(the slow reader) in epoll fd",
+        "(EPOLLIN|EPOLLOUT|EPOLLERR|EPOLLHUP)",
+        "carried EPOLLET at an earlier reading and lost it when its registration changed",
+        "Put EPOLLET in every epoll.modify",
+    ] {
+        assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
+    }
+    let fd_and_events =
+        regex::Regex::new(r"client fd \d+ \(the slow reader\) in epoll fd \d+: events 0x1d ")
+            .unwrap();
+    assert!(fd_and_events.is_match(&stdout), "{stdout}");
+}
+
+/// mio's style: EPOLLIN|EPOLLOUT|EPOLLET registered once and never
+/// modified is correct. The check is EPOLLET at every reading, not that a
+/// modify happened.
+#[test]
+fn an_edge_triggered_server_registering_epollout_once_passes_w03_l18() {
+    let stdout = track_fixture_passes("broken_final_server", "w03-l18", "et-out-once");
+    assert!(stdout.contains("drained (EPOLLOUT kept)"), "{stdout}");
+}
+
+#[test]
+fn a_server_whose_error_arm_unwraps_a_reset_fails_the_epoll_step() {
+    let stdout = fixture_fails_at("w03-l18", "reset-kills-server", "epoll");
+    for text in [
+        "the server died after a client reset with its echoes pending",
+        "exit code 101",
+        "never unwrap() it",
+    ] {
+        assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
+    }
+}
+
+#[test]
+fn an_error_arm_that_retries_a_reset_clients_write_forever_fails_the_epoll_step() {
+    let stdout = fixture_fails_at("w03-l18", "reset-retries-forever", "epoll");
+    for text in [
+        "after a client reset with its echoes pending, client 1 of the 6 still connected",
+        "0 bytes came back within 5 s",
+        "starves every other client",
+    ] {
+        assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
+    }
 }
