@@ -56,12 +56,18 @@ pub fn render(rows: &[Row], equivalents: &Equivalents) -> String {
     let mut total_equivalent = 0;
     let (mut scored_caught, mut scored_viable) = (0, 0);
     let mut unscored: Vec<String> = Vec::new();
+    let mut not_run: Vec<String> = Vec::new();
     for row in rows {
         let Some(result) = &row.result else {
             let why = match &row.freshness {
                 Freshness::Unreadable(err) => format!("unreadable result: {err}"),
                 _ => "not run".to_string(),
             };
+            if why == "not run" {
+                not_run.push(row.id.clone());
+            } else {
+                unscored.push(format!("{}: {why}", row.id));
+            }
             let _ = writeln!(
                 w,
                 "| [{id}](#{anchor}) {title} | | | | | | | | | — | {why} |",
@@ -69,7 +75,6 @@ pub fn render(rows: &[Row], equivalents: &Equivalents) -> String {
                 anchor = anchor(&row.id, &row.title),
                 title = row.title,
             );
-            unscored.push(format!("{}: {why}", row.id));
             continue;
         };
         let counts = Counts::of(result);
@@ -105,13 +110,16 @@ pub fn render(rows: &[Row], equivalents: &Equivalents) -> String {
         );
     }
     let overall = if scored_viable > 0 {
-        percent(scored_caught as f64 / scored_viable as f64)
+        format!(
+            "{} (scored lessons)",
+            percent(scored_caught as f64 / scored_viable as f64)
+        )
     } else {
         "—".to_string()
     };
     let _ = writeln!(
         w,
-        "| **all lessons** | | {} | {} | {} | {} | {} | {} | {} | {overall} (scored lessons) | |\n",
+        "| **all lessons** | | {} | {} | {} | {} | {} | {} | {} | {overall} | |\n",
         total.generated,
         total.caught,
         total.survived,
@@ -120,6 +128,9 @@ pub fn render(rows: &[Row], equivalents: &Equivalents) -> String {
         total.timeout,
         total.error
     );
+    if !not_run.is_empty() {
+        unscored.push(format!("not run yet: {}", not_run.join(", ")));
+    }
     if !unscored.is_empty() {
         let _ = writeln!(w, "Not scored:\n");
         for line in &unscored {
@@ -183,7 +194,8 @@ fn exclusions(w: &mut String, rows: &[Row]) {
          same seed and counts as caught only if caught again; otherwise the repeat's verdict stands.\n\
          - **Errors** (the checker exited 2, crashed, or printed no JSON result) are rerun once and never count \
          as caught.\n\
-         - **No lesson step is skipped**: every run is the lesson's full `verify` list, as a student's.\n",
+         - **No step is left out**: every run is the lesson's own `verify` list, unchanged, stopping at the first \
+         failing step as a student's run does.\n",
         steps = TIMING_DEPENDENT_STEPS.join("`, `")
     );
     let quiet: Vec<String> = rows
@@ -506,7 +518,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("| [w01-l02](#w01-l02-length-prefixed-frames) Length-prefixed frames | | | | | | | | | — | not run |"), "{text}");
-        assert!(text.contains("- w01-l02: not run"), "{text}");
+        assert!(text.contains("- not run yet: w01-l02"), "{text}");
         assert!(
             text.contains("**stale**: checker changed since this run"),
             "{text}"
