@@ -143,7 +143,7 @@ impl Check for BroadcastProcess {
         };
         // Let a thread or child started per connection come into being.
         std::thread::sleep(Duration::from_millis(300));
-        let mut watch = ThreadWatch::new(server.pid);
+        let mut watch = ThreadWatch::new(server.pid, self.threads);
         for _ in 0..20 {
             if watch.sample(Phase::Idle).is_err() {
                 break;
@@ -226,7 +226,7 @@ impl Check for BroadcastProcess {
             load: &busy,
             unit: "frame",
         };
-        if let Some(failed) = watch::thread_verdict(&watch, self.threads, &setting, &mut server) {
+        if let Some(failed) = watch::thread_verdict(&watch, &setting, &mut server) {
             return Ok(failed);
         }
         if !matches!(publisher, Ok(Ok(_))) {

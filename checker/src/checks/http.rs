@@ -795,7 +795,7 @@ impl Http {
                 (format!("{msg} (the body's last {} bytes came in a second write, with this GET)", body.len() - split), if closed { later.to_string() } else { cause })
             })?;
             if r.status != 200 || r.body != docs.notes {
-                return Err((format!("GET /notes.txt after the body: status line {:?} with {} body bytes, expected notes.txt: the body's last {} bytes, sent in a second write, were read as a request", r.status_line, r.body.len(), body.len() - split), later.to_string()));
+                return Err((format!("GET /notes.txt after the body: status line {:?} with {} body bytes, expected notes.txt (the body's last {} bytes came in a second write, right before this GET)", r.status_line, r.body.len(), body.len() - split), later.to_string()));
             }
             nothing_more(&what, &mut conn, Duration::from_millis(300), later)?;
             Ok(format!("{what}: index.html, then notes.txt, nothing else"))

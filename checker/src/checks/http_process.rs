@@ -151,7 +151,7 @@ impl Check for HttpProcess {
         };
         // Let a thread or child started per connection come into being.
         std::thread::sleep(Duration::from_millis(300));
-        let mut watch = ThreadWatch::new(server.pid);
+        let mut watch = ThreadWatch::new(server.pid, self.threads);
         for _ in 0..20 {
             if watch.sample(Phase::Idle).is_err() {
                 break;
@@ -233,7 +233,7 @@ impl Check for HttpProcess {
             load: &busy,
             unit: "request",
         };
-        if let Some(failed) = watch::thread_verdict(&watch, self.threads, &setting, &mut server) {
+        if let Some(failed) = watch::thread_verdict(&watch, &setting, &mut server) {
             return Ok(failed);
         }
         let failure = load.failure.lock().ok().and_then(|f| f.clone());

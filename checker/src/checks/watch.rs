@@ -27,19 +27,25 @@ pub enum Phase {
 /// The peak thread count of each phase, and child processes seen.
 pub struct ThreadWatch {
     pid: Pid,
+    allowed: usize,
     pub idle_max: usize,
     pub load_max: usize,
     pub samples: usize,
+    /// Readings above `allowed`.
+    pub over: usize,
     pub children: Vec<Pid>,
 }
 
 impl ThreadWatch {
-    pub fn new(pid: Pid) -> ThreadWatch {
+    /// A watch of `pid`, which may have at most `allowed` threads.
+    pub fn new(pid: Pid, allowed: usize) -> ThreadWatch {
         ThreadWatch {
             pid,
+            allowed,
             idle_max: 0,
             load_max: 0,
             samples: 0,
+            over: 0,
             children: Vec::new(),
         }
     }
@@ -48,6 +54,9 @@ impl ThreadWatch {
     pub fn sample(&mut self, phase: Phase) -> Result<()> {
         let threads = procfs::threads(self.pid)?;
         self.samples += 1;
+        if threads > self.allowed {
+            self.over += 1;
+        }
         let peak = match phase {
             Phase::Idle => &mut self.idle_max,
             Phase::Load => &mut self.load_max,
@@ -99,18 +108,19 @@ pub struct Setting<'a> {
 /// child process. None: it passed.
 pub fn thread_verdict(
     watch: &ThreadWatch,
-    allowed: usize,
     setting: &Setting,
     server: &mut Server,
 ) -> Option<StepOutcome> {
+    let allowed = watch.allowed;
     let evidence = |server: &mut Server| {
         std::iter::once(format!(
-            "/proc/{}/status Threads: at most {} with {}, at most {} with {} ({} readings)",
+            "/proc/{}/status Threads: at most {} with {}, at most {} with {} ({} of {} readings above {allowed})",
             watch.pid.as_raw(),
             watch.idle_max,
             setting.idle,
             watch.load_max,
             setting.load,
+            watch.over,
             watch.samples
         ))
         .chain(Ctx::server_evidence(server))
@@ -138,7 +148,7 @@ pub fn thread_verdict(
                 watch.load_max, setting.load, watch.idle_max
             ))
             .cause(format!(
-                "threads that come and go with the traffic: a thread per {} (or a pool). The event loop answers each {} itself, on {}",
+                "threads that come and go with the traffic: a thread per {} (or threads started on demand). The event loop handles each {} itself, on {}",
                 setting.unit,
                 setting.unit,
                 threads_word(allowed)
