@@ -13,6 +13,8 @@ use super::process::Ended;
 /// step kind is one more name here.
 pub const TIMING_DEPENDENT_STEPS: &[&str] = &[
     "idle_cpu",
+    "http_idle_cpu",
+    "broadcast_idle_cpu",
     "concurrency",
     "pool",
     "stats",
