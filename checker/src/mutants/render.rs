@@ -345,12 +345,75 @@ fn mutant_entry(w: &mut String, mutant: &super::results::MutantResult, reason: &
     }
     if let Some(diff) = &mutant.diff {
         let _ = writeln!(w, "\n  ```diff");
-        for line in diff.lines() {
+        for line in narrow_diff(diff, DIFF_CONTEXT).lines() {
             let _ = writeln!(w, "  {line}");
         }
         let _ = writeln!(w, "  ```");
     }
     let _ = writeln!(w);
+}
+
+/// Context lines the report shows around a mutation (cargo-mutants
+/// writes 8; the committed results keep them all).
+const DIFF_CONTEXT: usize = 3;
+
+/// `diff` with each hunk cut to `context` lines around its changes, the
+/// hunk headers renumbered to match.
+fn narrow_diff(diff: &str, context: usize) -> String {
+    let mut out = String::new();
+    let mut lines = diff.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(header) = line.strip_prefix("@@ -") else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let numbers: Vec<usize> = header
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|n| !n.is_empty())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let mut body: Vec<&str> = Vec::new();
+        while let Some(next) = lines.peek() {
+            if next.starts_with("@@ ") {
+                break;
+            }
+            body.push(lines.next().unwrap_or_default());
+        }
+        let changed = |l: &&str| l.starts_with('-') || l.starts_with('+');
+        let (Some(first), Some(last), [old_start, _, new_start, _]) = (
+            body.iter().position(changed),
+            body.iter().rposition(changed),
+            numbers.as_slice(),
+        ) else {
+            // Not a hunk this function understands: keep it whole.
+            out.push_str(line);
+            out.push('\n');
+            for l in body {
+                out.push_str(l);
+                out.push('\n');
+            }
+            continue;
+        };
+        let from = first.saturating_sub(context);
+        let to = (last + context + 1).min(body.len());
+        let kept = &body[from..to];
+        let skipped = &body[..from];
+        let old_skipped = skipped.iter().filter(|l| !l.starts_with('+')).count();
+        let new_skipped = skipped.iter().filter(|l| !l.starts_with('-')).count();
+        let old_len = kept.iter().filter(|l| !l.starts_with('+')).count();
+        let new_len = kept.iter().filter(|l| !l.starts_with('-')).count();
+        out.push_str(&format!(
+            "@@ -{},{old_len} +{},{new_len} @@\n",
+            old_start + old_skipped,
+            new_start + new_skipped
+        ));
+        for l in kept {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn add(a: Counts, b: Counts) -> Counts {
@@ -539,6 +602,18 @@ mod tests {
         // A record that matches no survivor is called out, not dropped.
         assert!(text.contains("- w01-l01: `long gone`"), "{text}");
         assert!(text.contains("4 outside the gaps not run"), "{text}");
+    }
+
+    #[test]
+    fn a_survivors_diff_is_shown_with_three_lines_of_context() {
+        let diff = "--- src/main.rs\n+++ replace * with +\n@@ -10,9 +10,9 @@\n a\n b\n c\n d\n-x * 2\n+x + 2\n e\n f\n g\n h\n";
+        assert_eq!(
+            narrow_diff(diff, 3),
+            "--- src/main.rs\n+++ replace * with +\n@@ -11,7 +11,7 @@\n b\n c\n d\n-x * 2\n+x + 2\n e\n f\n g\n"
+        );
+        // A deletion-only body keeps its counts straight.
+        let body = "@@ -5,4 +5,2 @@\n a\n-b\n-c\n d\n";
+        assert_eq!(narrow_diff(body, 0), "@@ -6,2 +6,0 @@\n-b\n-c\n");
     }
 
     #[test]
