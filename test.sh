@@ -19,6 +19,12 @@ if ((${#needed_packages[@]})); then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed_packages[@]}" >/dev/null
 fi
 
+# cargo-mutants, pinned: `checker mutants` drives it, and a test runs one mutant.
+if ! cargo mutants --version 2>/dev/null | grep -q '^cargo-mutants 27\.1\.0$'; then
+  echo "test.sh: installing cargo-mutants 27.1.0 (cargo install)"
+  cargo install cargo-mutants --version 27.1.0 --locked --quiet
+fi
+
 # Many sockets at once: use the hard limit of open files.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
