@@ -1,12 +1,17 @@
 //! Deliberately broken servers for the w04-l23 `perf` probe, one per
-//! `--bug`. `--bug none` is a correct single-threaded edge-triggered epoll
-//! echo server; every other bug differs from it by one thing.
+//! `--bug`. `--bug none` is a correct, tuned single-threaded edge-triggered
+//! epoll echo server — the four costs of the audit lesson removed: one
+//! scratch read buffer, a short read ends the draining unless the event
+//! carries EPOLLRDHUP, whole frames copied once and the input consumed in
+//! one step, buffers a burst grew given back once empty. Every other bug
+//! differs from it by one thing; four of them put back exactly one of those
+//! costs each.
 //!
 //! Speaks the course's command line (`--port`, `--host`, `listening on`),
 //! and accepts and ignores the lessons' other flags.
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, Read};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -26,6 +31,19 @@ enum Bug {
     /// Never closes a finished connection's socket: one fd (and its
     /// buffers) kept per client, forever.
     LeakFd,
+    /// Cost 1: every event reads through a freshly zeroed 64 KiB buffer
+    /// (w03-l22's `let mut chunk = [0u8; READ_CHUNK]` in read_all).
+    ZeroedReadBuffer,
+    /// Cost 2: every event reads until the read fails with EAGAIN, so a
+    /// 64-byte echo costs one read more than it needs.
+    ReadUntilEagain,
+    /// Cost 3: each frame becomes a Vec of its own, drained from the front
+    /// of the input buffer (w03-l22's `next_frame`): the rest of the buffer
+    /// moves forward once per frame, quadratic in a pipelined burst.
+    DrainPerFrame,
+    /// Cost 4: buffers keep whatever capacity a burst grew them to, for
+    /// the connection's whole life.
+    KeepBuffers,
 }
 
 #[derive(Parser, Debug)]
@@ -40,12 +58,32 @@ struct Args {
 
 const LISTENER: u64 = u64::MAX;
 
+/// Bytes one read may bring in.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// An empty buffer keeps up to this much capacity.
+const KEEP_CAPACITY: usize = 4 * 1024;
+
 struct Conn {
     stream: TcpStream,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     closed: bool,
-    out_armed: bool,
+    /// The events the connection is registered for right now.
+    registered: EpollFlags,
+}
+
+impl Conn {
+    fn interest(&self) -> EpollFlags {
+        let mut flags = EpollFlags::EPOLLET;
+        if !self.closed {
+            flags |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+        }
+        if !self.outbuf.is_empty() {
+            flags |= EpollFlags::EPOLLOUT;
+        }
+        flags
+    }
 }
 
 fn main() -> io::Result<()> {
@@ -62,40 +100,103 @@ fn main() -> io::Result<()> {
     epoll_loop(&listener, args.bug)
 }
 
-/// Reads until WouldBlock; false when the connection is broken.
-fn read_in(conn: &mut Conn, chunk: &mut [u8]) -> bool {
-    match fixture::read_until_blocked(&mut conn.stream, chunk, &mut conn.inbuf) {
-        Ok(eof) => {
-            conn.closed |= eof;
-            true
+/// Reads what the socket holds into `inbuf`; false when the connection is
+/// broken. A short read ends it (the queue is empty) unless the event said
+/// a FIN is queued (`eof_queued`) or the bug reads on until EAGAIN.
+fn read_in(conn: &mut Conn, scratch: &mut [u8], eof_queued: bool, bug: Bug) -> bool {
+    // Cost 1 put back: a fresh zeroed buffer per event, not the scratch one.
+    let mut fresh;
+    let chunk: &mut [u8] = if bug == Bug::ZeroedReadBuffer {
+        fresh = [0u8; READ_CHUNK];
+        &mut fresh
+    } else {
+        scratch
+    };
+    let stop_when_short = !eof_queued && bug != Bug::ReadUntilEagain;
+    loop {
+        match conn.stream.read(chunk) {
+            Ok(0) => {
+                conn.closed = true;
+                return true;
+            }
+            Ok(n) => {
+                conn.inbuf.extend_from_slice(&chunk[..n]);
+                if n < chunk.len() && stop_when_short {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return false,
         }
-        Err(_) => false,
     }
+}
+
+/// The length of the whole frame at the front of `buf`, if it is all
+/// there; Err for an oversize header.
+fn whole_frame(buf: &[u8]) -> Result<Option<usize>, usize> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > 65_536 {
+        return Err(len);
+    }
+    Ok((buf.len() >= 4 + len).then_some(4 + len))
 }
 
 /// Moves whole frames to `outbuf` and writes what the socket takes; false
 /// when the connection is broken.
 fn echo_and_flush(conn: &mut Conn, bug: Bug) -> bool {
-    let mut start = 0;
-    while conn.inbuf.len() - start >= 4 {
-        let header = &conn.inbuf[start..start + 4];
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if len > 65_536 {
-            eprintln!("frame of {len} bytes is over the limit; closing");
-            return false;
+    let oversize = |len| {
+        eprintln!("frame of {len} bytes is over the limit; closing");
+        false
+    };
+    if bug == Bug::DrainPerFrame {
+        // Cost 3 put back: a Vec per frame, drained from the front.
+        loop {
+            match whole_frame(&conn.inbuf) {
+                Ok(Some(total)) => {
+                    let frame: Vec<u8> = conn.inbuf.drain(..total).collect();
+                    conn.outbuf.extend_from_slice(&frame);
+                }
+                Ok(None) => break,
+                Err(len) => return oversize(len),
+            }
         }
-        if conn.inbuf.len() - start < 4 + len {
-            break;
+    } else {
+        let mut start = 0;
+        loop {
+            match whole_frame(&conn.inbuf[start..]) {
+                Ok(Some(total)) => {
+                    if bug == Bug::SleepPerFrame {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    conn.outbuf
+                        .extend_from_slice(&conn.inbuf[start..start + total]);
+                    start += total;
+                }
+                Ok(None) => break,
+                Err(len) => return oversize(len),
+            }
         }
-        if bug == Bug::SleepPerFrame {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        conn.outbuf
-            .extend_from_slice(&conn.inbuf[start..start + 4 + len]);
-        start += 4 + len;
+        conn.inbuf.drain(..start);
     }
-    conn.inbuf.drain(..start);
     fixture::flush(&mut conn.stream, &mut conn.outbuf)
+}
+
+/// Gives back the memory of empty buffers a burst grew (unless the bug
+/// keeps it).
+fn release_idle_buffers(conn: &mut Conn, bug: Bug) {
+    if bug == Bug::KeepBuffers {
+        return;
+    }
+    if conn.inbuf.is_empty() && conn.inbuf.capacity() > KEEP_CAPACITY {
+        conn.inbuf = Vec::new();
+    }
+    if conn.outbuf.is_empty() && conn.outbuf.capacity() > KEEP_CAPACITY {
+        conn.outbuf = Vec::new();
+    }
 }
 
 fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
@@ -108,7 +209,8 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
     // `leak-fd` keeps finished connections here instead of closing them.
     let mut leaked: Vec<Conn> = Vec::new();
     let mut events = vec![EpollEvent::empty(); 1024];
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut scratch = vec![0u8; READ_CHUNK];
+    let hangup = EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
     loop {
         let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
             Ok(n) => n,
@@ -122,18 +224,16 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
                         Ok((stream, _)) => {
                             stream.set_nonblocking(true)?;
                             let fd = stream.as_raw_fd();
-                            let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
-                            epoll.add(&stream, EpollEvent::new(flags, fd as u64))?;
-                            conns.insert(
-                                fd,
-                                Conn {
-                                    stream,
-                                    inbuf: Vec::new(),
-                                    outbuf: Vec::new(),
-                                    closed: false,
-                                    out_armed: false,
-                                },
-                            );
+                            let mut conn = Conn {
+                                stream,
+                                inbuf: Vec::new(),
+                                outbuf: Vec::new(),
+                                closed: false,
+                                registered: EpollFlags::empty(),
+                            };
+                            conn.registered = conn.interest();
+                            epoll.add(&conn.stream, EpollEvent::new(conn.registered, fd as u64))?;
+                            conns.insert(fd, conn);
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -149,7 +249,12 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
             let Some(conn) = conns.get_mut(&fd) else {
                 continue;
             };
-            let alive = (conn.closed || read_in(conn, &mut chunk)) && echo_and_flush(conn, bug);
+            let ready = event.events();
+            let readable = ready.intersects(EpollFlags::EPOLLIN | hangup);
+            let alive = (conn.closed
+                || !readable
+                || read_in(conn, &mut scratch, ready.intersects(hangup), bug))
+                && echo_and_flush(conn, bug);
             let finished = !alive || (conn.closed && conn.outbuf.is_empty());
             if finished {
                 if let Some(conn) = conns.remove(&fd) {
@@ -160,14 +265,11 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
                 }
                 continue;
             }
-            let want_out = !conn.outbuf.is_empty();
-            if want_out != conn.out_armed {
-                let mut flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
-                if want_out {
-                    flags |= EpollFlags::EPOLLOUT;
-                }
-                epoll.modify(&conn.stream, &mut EpollEvent::new(flags, fd as u64))?;
-                conn.out_armed = want_out;
+            release_idle_buffers(conn, bug);
+            let interest = conn.interest();
+            if interest != conn.registered {
+                epoll.modify(&conn.stream, &mut EpollEvent::new(interest, fd as u64))?;
+                conn.registered = interest;
             }
         }
     }
