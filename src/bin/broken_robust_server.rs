@@ -43,6 +43,17 @@ enum Bug {
     ClientNoRetry,
     /// A client whose mismatch line names the wrong frame (off by one).
     ClientWrongFrame,
+    /// A correct client whose payloads are random bytes (no `client C
+    /// frame F` text, some empty) and whose clients count from 1.
+    ClientRandomPayloads,
+    /// ClientRandomPayloads naming the wrong frame (off by one).
+    ClientRandomWrongFrame,
+    /// A client that stops at its first mismatch and counts every frame
+    /// it did not send as failed, though the length was right.
+    ClientStopsAtMismatch,
+    /// A client whose mismatch line names another client than the one
+    /// its payload (`client C frame F`) says it is.
+    ClientWrongClient,
 }
 
 #[derive(Parser, Debug)]
@@ -96,7 +107,14 @@ fn main() -> io::Result<()> {
     let args = Args::parse();
     if matches!(
         args.bug,
-        Bug::Client | Bug::ClientCountsOnly | Bug::ClientNoRetry | Bug::ClientWrongFrame
+        Bug::Client
+            | Bug::ClientCountsOnly
+            | Bug::ClientNoRetry
+            | Bug::ClientWrongFrame
+            | Bug::ClientRandomPayloads
+            | Bug::ClientRandomWrongFrame
+            | Bug::ClientStopsAtMismatch
+            | Bug::ClientWrongClient
     ) {
         std::process::exit(client_main(&args));
     }
@@ -291,9 +309,15 @@ fn one_client(address: &str, c: u64, frames: u64, seed: u64, bug: Bug) -> u64 {
             continue;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let random = matches!(bug, Bug::ClientRandomPayloads | Bug::ClientRandomWrongFrame);
         for f in 0..frames {
-            let mut payload = format!("client {c} frame {f} ").into_bytes();
-            payload.extend((0..((seed + c + f) % 200)).map(|i| (i * 7 + seed) as u8));
+            let payload = if random {
+                random_payload(seed, c, f)
+            } else {
+                let mut payload = format!("client {c} frame {f} ").into_bytes();
+                payload.extend((0..((seed + c + f) % 200)).map(|i| (i * 7 + seed) as u8));
+                payload
+            };
             let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
             frame.extend_from_slice(&payload);
             let mut echo = vec![0u8; frame.len()];
@@ -306,18 +330,54 @@ fn one_client(address: &str, c: u64, frames: u64, seed: u64, bug: Bug) -> u64 {
                 return failures + frames - f;
             }
             if bug != Bug::ClientCountsOnly && echo != frame {
-                let named = if bug == Bug::ClientWrongFrame {
+                let named = if matches!(bug, Bug::ClientWrongFrame | Bug::ClientRandomWrongFrame) {
                     f + 1
                 } else {
                     f
                 };
-                println!(
-                    "client {c} frame {named}: mismatch: expected {} bytes, got different bytes",
-                    frame.len()
-                );
+                if random {
+                    let at = frame
+                        .iter()
+                        .zip(&echo)
+                        .position(|(s, g)| s != g)
+                        .unwrap_or(0);
+                    println!(
+                        "client {} frame {named}: mismatch at byte {at}: expected [{:02x}] got [{:02x}]",
+                        c + 1,
+                        frame[at],
+                        echo[at]
+                    );
+                } else {
+                    // Its neighbour: another client of the same run.
+                    let client = if bug == Bug::ClientWrongClient {
+                        c ^ 1
+                    } else {
+                        c
+                    };
+                    println!(
+                        "client {client} frame {named}: mismatch: expected {} bytes, got different bytes",
+                        frame.len()
+                    );
+                }
                 failures += 1;
+                if bug == Bug::ClientStopsAtMismatch {
+                    return failures + frames - f - 1;
+                }
             }
         }
         return failures;
     }
+}
+
+/// Seeded random payload bytes, 0 to 2,040 of them: no text at all.
+fn random_payload(seed: u64, c: u64, f: u64) -> Vec<u8> {
+    let mut state = seed ^ (c << 32) ^ f.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as u8
+    };
+    let len = next() as usize * 8;
+    (0..len).map(|_| next()).collect()
 }

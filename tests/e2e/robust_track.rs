@@ -218,7 +218,61 @@ fn client_probe_fails_a_client_that_names_the_wrong_frame() {
         "w02-l15",
         "client-wrong-frame",
         "client",
-        &["no line names client", "naming the client and frame"],
+        &[
+            "no line with `expected` names frame",
+            "frames are counted from 0 on each connection",
+            "naming the client and frame",
+        ],
+    );
+}
+
+/// The payload's text is a help, not part of the interface: a correct
+/// client whose payloads are random bytes (some empty) and whose clients
+/// count from 1 passes. The checker knows which connection and frame it
+/// corrupted.
+#[test]
+fn a_correct_client_with_random_payloads_passes_w02_l15() {
+    fixture_passes_as("w02-l15", "client-random-payloads");
+}
+
+#[test]
+fn client_probe_fails_a_client_with_random_payloads_that_names_the_wrong_frame() {
+    fixture_fails_at(
+        "w02-l15",
+        "client-random-wrong-frame",
+        "client",
+        &[
+            "no line with `expected` names frame",
+            "the client named frame",
+            "the checker's server corrupted connection",
+        ],
+    );
+}
+
+/// When the payload says whose it is (`client C frame F`), the line must
+/// name that client.
+#[test]
+fn client_probe_fails_a_client_whose_line_names_another_client_than_its_payload() {
+    fixture_fails_at(
+        "w02-l15",
+        "client-wrong-client",
+        "client",
+        &["a line with `expected` names frame", "whose payload it was"],
+    );
+}
+
+/// One byte wrong, the length intact: exactly one failure, the frames
+/// after it still verified.
+#[test]
+fn client_probe_fails_a_client_that_counts_the_frames_after_a_mismatch_as_failed() {
+    fixture_fails_at(
+        "w02-l15",
+        "client-stops-at-mismatch",
+        "client",
+        &[
+            "exactly 1 frame was corrupted",
+            "go on verifying the frames after it",
+        ],
     );
 }
 

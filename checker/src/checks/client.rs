@@ -7,9 +7,15 @@
 //! - `correct`: exit 0, last line `C clients, C*F frames, 0 failures`, and
 //!   the server really echoed C*F frames;
 //! - `corrupting`: flips the last byte of one echoed frame in a thousand
-//!   (the 500th, 1500th, ... echoed overall): exit non-zero, N >= 1 in the
-//!   last line, and a line naming the corrupted frame's client and frame
-//!   (read from its payload, `client C frame F`) with `expected`;
+//!   (the first non-empty frame from the 500th echoed overall, then from the
+//!   1500th, ...): exit non-zero, exactly that many failures in the last
+//!   line (the length is intact, so every other echo can still be
+//!   verified), and a line with `expected` naming that frame by its number
+//!   on its connection, counted from 0. The connection alone does not say
+//!   which of the client's threads it was, so the line's client number is
+//!   tied only when the payload says whose it is (`client C frame F` at its
+//!   start, a help the lesson suggests, never a rule: any payload bytes
+//!   pass); otherwise any client number of the run (from 0 or from 1) does;
 //! - `refusing`: accepts and closes the first 5 connections, then echoes:
 //!   exit 0 with the right last line (the client retried).
 
@@ -57,13 +63,63 @@ enum Fault {
 /// Connections the refusing server accepts and closes at once.
 const REFUSED: u64 = 5;
 
+/// The corrupting server flips a byte of the first non-empty frame echoed
+/// from this many frames on (0-based), then again every `CORRUPT_EVERY`.
+const FIRST_CORRUPTED: u64 = 499;
+const CORRUPT_EVERY: u64 = 1000;
+
+/// One frame the corrupting server changed.
+#[derive(Debug, Clone)]
+struct Corruption {
+    /// The connection, in accept order, from 1.
+    connection: u64,
+    /// The frame's number on its connection, from 0.
+    frame: u64,
+    /// The payload as the client sent it.
+    payload: Vec<u8>,
+}
+
 /// What a checker-side server saw.
 #[derive(Default)]
 struct Seen {
     connections: AtomicU64,
     frames: AtomicU64,
-    /// Payloads of the frames that were corrupted, as sent by the client.
-    corrupted: Mutex<Vec<Vec<u8>>>,
+    /// The frames that were corrupted, and the overall frame count from
+    /// which the next one is due.
+    corrupted: Mutex<(Vec<Corruption>, u64)>,
+}
+
+impl Seen {
+    /// Whether this echo (the `n`-th overall, 0-based) is the one to
+    /// corrupt; records it if so.
+    fn corrupt_now(&self, n: u64, connection: u64, frame: u64, payload: &[u8]) -> bool {
+        if payload.is_empty() {
+            return false;
+        }
+        let mut guard = self.corrupted.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, next_due) = &mut *guard;
+        if *next_due == 0 {
+            *next_due = FIRST_CORRUPTED;
+        }
+        if n < *next_due {
+            return false;
+        }
+        *next_due += CORRUPT_EVERY;
+        done.push(Corruption {
+            connection,
+            frame,
+            payload: payload.to_vec(),
+        });
+        true
+    }
+
+    fn corruptions(&self) -> Vec<Corruption> {
+        self.corrupted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
 }
 
 /// An echo server on its own threads; stops (and its threads end) on drop.
@@ -94,7 +150,7 @@ impl TestServer {
                         }
                         let (stop3, seen3) = (Arc::clone(&stop2), Arc::clone(&seen2));
                         workers.push(std::thread::spawn(move || {
-                            echo_connection(stream, fault, &stop3, &seen3)
+                            echo_connection(stream, n + 1, fault, &stop3, &seen3)
                         }));
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -147,11 +203,19 @@ fn read_full(stream: &mut TcpStream, buf: &mut [u8], stop: &AtomicBool) -> bool 
     true
 }
 
-fn echo_connection(mut stream: TcpStream, fault: Fault, stop: &AtomicBool, seen: &Seen) {
+/// Echoes frames until the client leaves; `connection` is its number in
+/// accept order (from 1).
+fn echo_connection(
+    mut stream: TcpStream,
+    connection: u64,
+    fault: Fault,
+    stop: &AtomicBool,
+    seen: &Seen,
+) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let _ = stream.set_nodelay(true);
-    loop {
+    for frame_here in 0u64.. {
         let mut header = [0u8; 4];
         if !read_full(&mut stream, &mut header, stop) {
             return;
@@ -166,13 +230,9 @@ fn echo_connection(mut stream: TcpStream, fault: Fault, stop: &AtomicBool, seen:
         }
         let n = seen.frames.fetch_add(1, Ordering::Relaxed);
         let mut echo = payload.clone();
-        if fault == Fault::Corrupt && n % 1000 == 499 && !echo.is_empty() {
+        if fault == Fault::Corrupt && seen.corrupt_now(n, connection, frame_here, &payload) {
             let last = echo.len() - 1;
             echo[last] ^= 0xFF;
-            seen.corrupted
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(payload);
         }
         let mut frame = header.to_vec();
         frame.extend_from_slice(&echo);
@@ -309,46 +369,100 @@ fn run_client(
     })
 }
 
-/// `client C frame F` at the start of a payload.
-fn owner(payload: &[u8], frames_per_client: u64) -> Option<(u64, Vec<u64>)> {
+/// The client number a payload gives itself, when it starts with
+/// `client C frame F` and F is `frame` (its number on its connection): the
+/// payload then ties the corrupted frame to a client of the run. `None` for
+/// any other payload (random bytes, other text): a correct client may send
+/// whatever bytes it likes.
+fn tied_client(payload: &[u8], frame: u64) -> Option<u64> {
     let text = String::from_utf8_lossy(&payload[..payload.len().min(64)]).into_owned();
-    let mut words = text.split(' ');
-    if words.next()? != "client" {
-        return None;
-    }
-    let client = words.next()?.parse().ok()?;
-    if words.next()? != "frame" {
-        return None;
-    }
+    let rest = text.strip_prefix("client ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let client = digits.parse().ok()?;
     // The filler after `frame F` is arbitrary bytes and may begin with a
-    // digit: the frame is one of the numbers the digit run starts with (4,
-    // 49, 497, ...) that a client of this run can have sent, longest last.
-    let digits: String = words
-        .next()?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    let frames: Vec<u64> = (1..=digits.len())
-        .filter_map(|len| digits[..len].parse::<u64>().ok())
-        .take_while(|&frame| frame <= frames_per_client)
-        .collect();
-    (!frames.is_empty()).then_some((client, frames))
+    // digit: F is known, so only its digits are compared.
+    rest[digits.len()..]
+        .strip_prefix(&format!(" frame {frame}"))
+        .map(|_| client)
 }
 
-/// Whether `line` names client `c` and frame `f` (whole numbers) and says
-/// what was expected.
-fn names(line: &str, c: u64, f: u64) -> bool {
-    let words: Vec<String> = line
-        .split(|ch: char| !ch.is_ascii_alphanumeric())
+/// The words of a line, lower case, split at anything not alphanumeric.
+fn words(line: &str) -> Vec<String> {
+    line.split(|ch: char| !ch.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
         .map(str::to_ascii_lowercase)
-        .collect();
-    let follows = |key: &str, n: u64| {
-        words
-            .windows(2)
-            .any(|w| w[0] == key && w[1] == n.to_string())
-    };
-    follows("client", c) && follows("frame", f) && line.to_ascii_lowercase().contains("expected")
+        .collect()
 }
+
+/// The numbers that follow `key` in `words` (`frame 49` gives 49).
+fn numbers_after(words: &[String], key: &str) -> Vec<u64> {
+    words
+        .windows(2)
+        .filter(|w| w[0] == key)
+        .filter_map(|w| w[1].parse().ok())
+        .collect()
+}
+
+/// A line reporting a mismatch: it says `expected`, and names a frame.
+/// Returns the client and frame numbers it names.
+fn mismatch_report(line: &str) -> Option<(Vec<u64>, Vec<u64>)> {
+    let words = words(line);
+    if !words.iter().any(|w| w == "expected") {
+        return None;
+    }
+    let frames = numbers_after(&words, "frame");
+    (!frames.is_empty()).then(|| (numbers_after(&words, "client"), frames))
+}
+
+/// How the client's lines report the corrupted frame.
+#[derive(Debug, PartialEq)]
+enum Named {
+    /// A line names the frame and an acceptable client.
+    Rightly,
+    /// Lines name the frame, but only with other clients than the tied one.
+    WrongClient(Vec<u64>),
+    /// No line names the frame; these frames are named instead.
+    WrongFrame(Vec<u64>),
+}
+
+/// Judges `stdout` for the report of `bad`: a line with `expected` naming
+/// frame `bad.frame` and `tied` as the client if the payload ties one,
+/// else any client number of a run of `clients` (counted from 0 or 1).
+fn judge_report(stdout: &[String], frame: u64, tied: Option<u64>, clients: u64) -> Named {
+    let reports: Vec<(Vec<u64>, Vec<u64>)> =
+        stdout.iter().filter_map(|l| mismatch_report(l)).collect();
+    let naming_frame: Vec<&Vec<u64>> = reports
+        .iter()
+        .filter(|(_, frames)| frames.contains(&frame))
+        .map(|(clients, _)| clients)
+        .collect();
+    if naming_frame.is_empty() {
+        let mut others: Vec<u64> = reports.iter().flat_map(|(_, f)| f.clone()).collect();
+        others.sort_unstable();
+        others.dedup();
+        return Named::WrongFrame(others);
+    }
+    let acceptable = |c: &u64| match tied {
+        Some(tied) => *c == tied,
+        None => *c <= clients,
+    };
+    if naming_frame
+        .iter()
+        .any(|named| named.iter().any(acceptable))
+    {
+        return Named::Rightly;
+    }
+    let mut seen: Vec<u64> = naming_frame.into_iter().flatten().copied().collect();
+    seen.sort_unstable();
+    seen.dedup();
+    Named::WrongClient(seen)
+}
+
+/// The likely cause when the corrupted frame is not reported rightly.
+const REPORT_CAUSE: &str = "compare every echoed byte with what was sent; on a difference print a line naming the client and frame (the frame's number on its connection, from 0) with expected vs actual, count it, and exit non-zero";
+
+/// The likely cause when the failures are miscounted.
+const COUNT_CAUSE: &str = "N counts the frames whose echo differed: a frame with a wrong byte but the right length leaves the stream in step, so count it once and go on verifying the frames after it";
 
 impl Check for Client {
     fn summary(&self) -> String {
@@ -393,20 +507,15 @@ impl Check for Client {
         ));
 
         // 2. A server that corrupts one frame in a thousand: 10 x 100 frames
-        //    make exactly one corruption (the 500th frame echoed).
+        //    make exactly one corruption (from the 500th frame echoed).
         let (cc, cf) = (10, 100);
         let server = TestServer::start(Fault::Corrupt)?;
         ctx.log.detail(format!(
-            "corrupting server on {} (flips the last byte of the 500th frame echoed)",
+            "corrupting server on {} (flips the last byte of the first non-empty frame from the 500th echoed)",
             server.addr
         ));
         let run = run_client(ctx, server.addr, cc, cf, timeout)?;
-        let corrupted = server
-            .seen
-            .corrupted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let corrupted = server.seen.corruptions();
         drop(server);
         let Some(bad) = corrupted.first() else {
             return Ok(StepOutcome::fail(format!(
@@ -415,48 +524,110 @@ impl Check for Client {
             .cause("the client must send every frame it was asked for")
             .evidence(run.evidence()));
         };
-        let Some((bad_client, bad_frames)) = owner(bad, cf) else {
-            return Ok(StepOutcome::fail(
-                "against the corrupting server: the corrupted frame's payload does not start with `client C frame F`",
-            )
-            .cause("each payload must start with the text `client C frame F` (then any filler), so a wrong echo can be traced")
-            .evidence(run.evidence()));
+        let tied = tied_client(&bad.payload, bad.frame);
+        let last = bad.payload.last().copied().unwrap_or(0);
+        let mut facts = vec![format!(
+            "the checker's server corrupted connection {} (of {cc}, in accept order): its frame {} (counted from 0), {} payload bytes, the last byte {last:02x} sent back as {:02x}",
+            bad.connection,
+            bad.frame,
+            bad.payload.len(),
+            last ^ 0xFF
+        )];
+        if let Some(client) = tied {
+            facts.push(format!(
+                "that payload begins `client {client} frame {}`: the mismatch line must name client {client}",
+                bad.frame
+            ));
+        }
+        let whose = match tied {
+            Some(client) => format!(", client {client}'s by its payload"),
+            None => String::new(),
         };
         let counted = run
             .last_line()
             .strip_prefix(&format!("{cc} clients, {} frames, ", cc * cf))
             .and_then(|rest| rest.strip_suffix(" failures"))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .is_some_and(|n| n >= 1);
-        // The likeliest reading of the payload, for the messages.
-        let bad_frame = *bad_frames.last().expect("owner returns at least one");
-        let named = run
-            .stdout
-            .iter()
-            .any(|l| bad_frames.iter().any(|&f| names(l, bad_client, f)));
-        if run.killed || run.exit == Some(0) || !counted || !named {
-            let what = if run.killed {
-                "it did not finish in time".to_string()
-            } else if run.exit == Some(0) {
-                "it exited 0 (success)".to_string()
-            } else if !counted {
-                format!(
-                    "its last line `{}` does not count the failure",
-                    run.last_line()
-                )
-            } else {
-                format!(
-                    "no line names client {bad_client} frame {bad_frame} with what was expected"
-                )
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        let named = judge_report(&run.stdout, bad.frame, tied, cc);
+        let wrong = if run.killed {
+            Some(("it did not finish in time".to_string(), REPORT_CAUSE))
+        } else if run.exit == Some(0) {
+            Some(("it exited 0 (success)".to_string(), REPORT_CAUSE))
+        } else if counted != Some(corrupted.len() as u64) {
+            let what = match counted {
+                Some(n) => format!(
+                    "its last line `{}` counts {n} failures; exactly {} frame was corrupted",
+                    run.last_line(),
+                    corrupted.len()
+                ),
+                None => format!(
+                    "its last line `{}` is not `{cc} clients, {} frames, N failures`",
+                    run.last_line(),
+                    cc * cf
+                ),
             };
+            Some((what, COUNT_CAUSE))
+        } else {
+            match &named {
+                Named::Rightly => None,
+                Named::WrongFrame(others) if others.is_empty() => Some((
+                    format!("no line with `expected` names frame {}", bad.frame),
+                    REPORT_CAUSE,
+                )),
+                Named::WrongFrame(others) => Some((
+                    format!(
+                        "no line with `expected` names frame {}; the client named frame {} (frames are counted from 0 on each connection: the first frame sent is frame 0)",
+                        bad.frame,
+                        others
+                            .iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    REPORT_CAUSE,
+                )),
+                Named::WrongClient(clients) => {
+                    let shown = if clients.is_empty() {
+                        "no client".to_string()
+                    } else {
+                        format!(
+                            "client {}",
+                            clients
+                                .iter()
+                                .map(u64::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    let wanted = match tied {
+                        Some(client) => format!("client {client}, whose payload it was"),
+                        None => format!("one of the run's client numbers (0 to {cc})"),
+                    };
+                    Some((
+                        format!(
+                            "a line with `expected` names frame {} but {shown}, not {wanted}",
+                            bad.frame
+                        ),
+                        REPORT_CAUSE,
+                    ))
+                }
+            }
+        };
+        if let Some((what, cause)) = wrong {
+            let mut evidence = facts;
+            evidence.extend(run.evidence());
             return Ok(StepOutcome::fail(format!(
-                "against a server that corrupted client {bad_client}'s frame {bad_frame} (the last payload byte flipped): {what}"
+                "against a server that corrupted one frame (frame {} of its connection, counted from 0{whose}; the last payload byte flipped): {what}",
+                bad.frame
             ))
-            .cause("compare every echoed byte with what was sent; on a difference print a line naming the client and frame with expected vs actual, count it, and exit non-zero")
-            .evidence(run.evidence()));
+            .cause(cause)
+            .evidence(evidence));
         }
+        let bad_frame = bad.frame;
         ctx.log.detail(format!(
-            "corrupting server: client {bad_client} frame {bad_frame} reported; `{}`",
+            "corrupting server: frame {bad_frame} of connection {} corrupted{}; reported, and counted: `{}`",
+            bad.connection,
+            tied.map_or(String::new(), |client| format!(" (client {client}'s by its payload)")),
             run.last_line()
         ));
 
@@ -481,7 +652,7 @@ impl Check for Client {
             .evidence(run.evidence()));
         }
         Ok(StepOutcome::pass(format!(
-            "correct server: `{expected_line}`; corrupted client {bad_client} frame {bad_frame} reported, exit non-zero; {REFUSED} refusals retried ({connections} connections)"
+            "correct server: `{expected_line}`; corrupted frame {bad_frame} reported, 1 failure counted, exit non-zero; {REFUSED} refusals retried ({connections} connections)"
         ))
         .proof_line(format!(
             "client: {c} clients x {f} frames verified against a correct server, a corrupted frame named, {REFUSED} refused connects retried"
@@ -493,25 +664,71 @@ impl Check for Client {
 mod tests {
     use super::*;
 
+    fn lines(text: &[&str]) -> Vec<String> {
+        text.iter().map(|l| l.to_string()).collect()
+    }
+
     #[test]
-    fn a_digit_at_the_start_of_the_filler_is_not_read_as_part_of_the_frame_number() {
+    fn a_payload_ties_its_client_only_when_it_names_the_corrupted_frame() {
         // Seen in CI: frame 49 whose filler began with the byte `7`.
         let mut payload = b"client 2 frame 49".to_vec();
         payload.extend_from_slice(b"7\x01\xfe");
-        assert_eq!(owner(&payload, 100), Some((2, vec![4, 49])));
+        assert_eq!(tied_client(&payload, 49), Some(2));
+        assert_eq!(tied_client(b"client 3 frame 50 ...", 49), None);
+        assert_eq!(tied_client(b"frame 3 client 2", 3), None);
+        assert_eq!(tied_client(b"client x frame 3", 3), None);
+        assert_eq!(tied_client(&[0x9c, 0x63, 0x00, 0x01], 0), None);
     }
 
     #[test]
-    fn every_frame_number_the_digits_can_start_with_stays_a_candidate() {
-        let payload = b"client 3 frame 100".to_vec();
-        assert_eq!(owner(&payload, 100), Some((3, vec![1, 10, 100])));
-        assert_eq!(owner(&payload, 99), Some((3, vec![1, 10])));
+    fn the_mismatch_line_is_judged_by_the_frame_and_any_client_of_the_run() {
+        let stdout = lines(&[
+            "client 1 frame 49: mismatch at byte 1538: expected [63] got [9c]",
+            "10 clients, 1000 frames, 1 failures",
+        ]);
+        assert_eq!(judge_report(&stdout, 49, None, 10), Named::Rightly);
+        // Numbered from 1: client 10 of 10 is a client of the run too.
+        let from_one = lines(&["Client 10, frame 49: expected 63, got 9c"]);
+        assert_eq!(judge_report(&from_one, 49, None, 10), Named::Rightly);
+        assert_eq!(
+            judge_report(&stdout, 50, None, 10),
+            Named::WrongFrame(vec![49])
+        );
+        assert_eq!(
+            judge_report(&lines(&["client 11 frame 49: expected 63"]), 49, None, 10),
+            Named::WrongClient(vec![11])
+        );
     }
 
     #[test]
-    fn a_payload_without_the_client_and_frame_text_has_no_owner() {
-        assert_eq!(owner(b"frame 3 client 2", 100), None);
-        assert_eq!(owner(b"client x frame 3", 100), None);
-        assert_eq!(owner(b"client 2 frame x", 100), None);
+    fn a_tied_client_must_be_the_one_named() {
+        let stdout = lines(&["client 3 frame 49: mismatch: expected 63, got 9c"]);
+        assert_eq!(judge_report(&stdout, 49, Some(3), 10), Named::Rightly);
+        assert_eq!(
+            judge_report(&stdout, 49, Some(4), 10),
+            Named::WrongClient(vec![3])
+        );
+    }
+
+    #[test]
+    fn a_line_without_expected_is_no_report() {
+        let stdout = lines(&["client 3 frame 49: connection lost"]);
+        assert_eq!(
+            judge_report(&stdout, 49, None, 10),
+            Named::WrongFrame(vec![])
+        );
+    }
+
+    #[test]
+    fn the_corruption_skips_empty_frames_and_comes_once_a_thousand() {
+        let seen = Seen::default();
+        assert!(!seen.corrupt_now(10, 1, 10, b"x"));
+        assert!(!seen.corrupt_now(499, 1, 20, b""));
+        assert!(seen.corrupt_now(500, 2, 21, b"x"));
+        assert!(!seen.corrupt_now(501, 2, 22, b"x"));
+        assert!(seen.corrupt_now(1499, 3, 7, b"x"));
+        let done = seen.corruptions();
+        assert_eq!(done.len(), 2);
+        assert_eq!((done[0].connection, done[0].frame), (2, 21));
     }
 }

@@ -659,10 +659,11 @@ impl ChangingReadings {
             Ok(armed) => armed,
             Err(outcome) => return Ok(Err(outcome)),
         };
+        let wrote_unread = progress.load(Ordering::Relaxed);
         ctx.log.detail(format!(
             "slow reader (server fd {}): sent {} of {kib} KiB reading nothing; its registration {}",
             slow_fd.map_or("unknown".into(), |fd| fd.to_string()),
-            progress.load(Ordering::Relaxed) / 1024,
+            wrote_unread / 1024,
             match armed {
                 Some(events) => format!(
                     "armed EPOLLOUT: events {events:#x} ({})",
@@ -708,6 +709,10 @@ impl ChangingReadings {
                 }
             }
         }
+        if received.len() < sent.len() {
+            // Unblocks a writer the server stopped reading from.
+            let _ = slow.shutdown(std::net::Shutdown::Both);
+        }
         let write_result = writer.join().unwrap_or(Ok(()));
         if received != *sent {
             let mut evidence = vec![format!("the slow reader's reading ended: {ending}")];
@@ -718,15 +723,26 @@ impl ChangingReadings {
                 evidence.extend(excerpt::compare(&sent, &received));
             }
             evidence.extend(Ctx::server_evidence(server));
+            // Its writes stalled while nothing was pending for it: the server
+            // stopped reading, not writing.
+            let cause = if armed.is_none() && wrote_unread < sent.len() {
+                format!(
+                    "the server stopped reading this client's frames with no echo pending for it (EPOLLOUT never armed; its writes stalled after {} KiB): with EPOLLET a socket is reported once for the bytes that arrived, so read it until WouldBlock; bytes left in the kernel buffer are never reported again",
+                    wrote_unread / 1024
+                )
+            } else {
+                format!(
+                    "echoes a client is not reading yet must wait in its write buffer, in order, and go out once {} says it has room again",
+                    ctx.readiness().writable
+                )
+            };
             return Ok(Err(StepOutcome::fail(format!(
-                "a slow reader sent {kib} KiB of frames reading nothing, then read: {} of {} bytes came back in order",
+                "a slow reader sent {} of {kib} KiB of frames reading nothing, then read: {} of {} bytes came back in order",
+                wrote_unread / 1024,
                 excerpt::first_difference(&sent, &received).unwrap_or(received.len()),
                 sent.len()
             ))
-            .cause(format!(
-                "echoes a client is not reading yet must wait in its write buffer, in order, and go out once {} says it has room again",
-                ctx.readiness().writable
-            ))
+            .cause(cause)
             .evidence(evidence)));
         }
 
