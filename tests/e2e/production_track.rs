@@ -1,5 +1,7 @@
 //! w04-l24..l26: the `loops` probe (N event loops across cores), the
-//! `http` and `http_load` probes (and siege) and the `broadcast` probe,
+//! `http`, `http_process`, `http_idle_cpu` and `http_load` probes (and
+//! siege) and the `broadcast`, `broadcast_process` and
+//! `broadcast_idle_cpu` probes,
 //! against the solution, the stub and broken production servers
 //! (src/bin/broken_production_server.rs).
 
@@ -50,7 +52,10 @@ fn w04_l25_solution_passes_with_its_seed_report_figures() {
     lesson_solution_passes(
         "w04-l25",
         &[
-            "http: 11 cases: GET and HEAD with Content-Length and Content-Type",
+            "http: 20 cases: GET and HEAD with Content-Length and Content-Type, 404 (HEAD without a body), 400, 405 with Allow,",
+            "heads over 8192 bytes refused, bodies dropped",
+            "http_process: at most 1 thread(s), 0 child processes, with 8 keep-alive connections idle and under a GET load of 4 clients",
+            "http_idle_cpu: under 200 ms of CPU in 2000 ms with 10 keep-alive connections idle and one half-sent request",
             "Availability:            100.00 %",
             "Longest transaction:",
             "http_load: 25 keep-alive users for 5000 ms:",
@@ -94,6 +99,176 @@ fn responses_without_content_length_fail_the_http_step() {
         &[
             "a response without Content-Length",
             "every response needs `Content-Length: <body bytes>`",
+        ],
+    );
+}
+
+#[test]
+fn a_405_without_allow_fails_the_http_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "405-without-allow",
+        "http",
+        &[
+            "DELETE /notes.txt: a 405 without an `Allow` header",
+            "a 405 response must say which methods are served: `Allow: GET, HEAD`",
+        ],
+    );
+}
+
+#[test]
+fn an_http10_request_kept_open_fails_the_http_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "http10-keeps-open",
+        "http",
+        &[
+            "GET /notes.txt HTTP/1.0, without `Connection: keep-alive`: the connection was still open 2 s after the response",
+            "HTTP/1.0 closes the connection after each response unless the request says `Connection: keep-alive`",
+        ],
+    );
+}
+
+#[test]
+fn a_body_after_the_404_of_a_head_request_fails_the_http_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "head-404-body",
+        "http",
+        &[
+            "HEAD /missing.html: 10 bytes followed the 404's head",
+            "the answer to HEAD is a head only, whatever its status",
+        ],
+    );
+}
+
+#[test]
+fn no_limit_on_the_request_head_fails_the_http_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "no-head-limit",
+        "http",
+        &[
+            "a whole request head of 9216 bytes (the limit is 8192): status line \"HTTP/1.1 200 OK\", expected 400",
+            "a request head longer than 8192 bytes is answered `400 Bad Request` and the connection closed",
+        ],
+    );
+}
+
+#[test]
+fn a_head_limit_checked_only_once_the_head_ends_fails_the_http_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "head-limit-after-end",
+        "http",
+        &[
+            "a request head that never ends (16384 bytes sent): no whole response in time",
+            "without waiting for its end: once 8192 bytes hold no blank line, the head is too long",
+        ],
+    );
+}
+
+#[test]
+fn a_head_limit_under_8_kib_fails_the_http_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "head-limit-too-small",
+        "http",
+        &[
+            "a request head of 8000 bytes (the limit is 8192): status line \"HTTP/1.1 400 Bad Request\", expected 200",
+            "a request head of up to 8192 bytes is served",
+        ],
+    );
+}
+
+#[test]
+fn a_case_sensitive_connection_header_fails_the_http_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "case-sensitive-connection",
+        "http",
+        &[
+            "GET with `connection: close` (the header name in lower case): the connection was still open 2 s after the response",
+            "header names are case-insensitive",
+        ],
+    );
+}
+
+#[test]
+fn a_body_parsed_as_the_next_request_fails_the_http_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "body-parsed-as-request",
+        "http",
+        &[
+            "the second response carries notes.txt: the POST's body was answered as a request",
+            "a request's body (Content-Length bytes after its head, whatever the method) is dropped",
+        ],
+    );
+}
+
+#[test]
+fn the_rest_of_a_body_in_a_later_read_parsed_as_a_request_fails_the_http_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "body-split-lost",
+        "http",
+        &[
+            "GET /notes.txt after the body: status line \"HTTP/1.1 400 Bad Request\"",
+            "came in a second write, right before this GET",
+            "a body may arrive over several reads: drop what has come, and remember how much is still to come",
+        ],
+    );
+}
+
+#[test]
+fn a_thread_per_http_request_fails_the_http_process_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "http-thread-per-request",
+        "http_process",
+        &[
+            "with 4 clients sending GET requests back to back for 1500 ms (at most 1 with its connections idle); at most 1 allowed",
+            "a thread per request",
+            "readings above 1)",
+        ],
+    );
+}
+
+#[test]
+fn a_thread_per_http_connection_fails_the_http_process_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "http-thread-per-connection",
+        "http_process",
+        &[
+            "the server had 9 threads with 8 keep-alive connections open and idle; at most 1 allowed",
+            "a thread per connection",
+        ],
+    );
+}
+
+#[test]
+fn an_http_loop_that_spins_while_idle_fails_the_http_idle_cpu_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l25",
+        "http-spins-idle",
+        "http_idle_cpu",
+        &[
+            "with 10 keep-alive connections idle and one half-sent request (bound: 200 ms",
+            "the event loop spins while nothing happens",
         ],
     );
 }
@@ -179,6 +354,8 @@ fn w04_l26_solution_passes_every_tier_and_drops_the_slow_subscriber() {
         &[
             "broadcast: 500 subscribers: connection success 100.0 % (500/500), delivery 100.0 % (4990/4990 codes), none back to the sender",
             "the other got every byte, the stalled one was disconnected",
+            "broadcast_process: at most 1 thread(s), 0 child processes, with 8 subscribers idle and while frames were broadcast to them",
+            "broadcast_idle_cpu: under 200 ms of CPU in 2000 ms with 10 clients connected and idle",
         ],
     );
 }
@@ -215,5 +392,47 @@ fn sending_a_frame_back_to_its_sender_fails_the_broadcast_step() {
         "echo-to-sender",
         "broadcast",
         &["the publisher received", "skip the sender's own connection"],
+    );
+}
+
+#[test]
+fn a_thread_per_subscriber_fails_the_broadcast_process_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l26",
+        "broadcast-thread-per-connection",
+        "broadcast_process",
+        &[
+            "threads with 8 subscribers and a publisher connected and idle; at most 1 allowed",
+            "a thread per connection",
+        ],
+    );
+}
+
+#[test]
+fn a_thread_per_fan_out_fails_the_broadcast_process_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l26",
+        "broadcast-thread-per-frame",
+        "broadcast_process",
+        &[
+            "1024-byte frames broadcast to 8 subscribers for 1500 ms (at most 1 with its connections idle); at most 1 allowed",
+            "a thread per frame",
+        ],
+    );
+}
+
+#[test]
+fn a_broadcast_loop_that_spins_while_idle_fails_the_broadcast_idle_cpu_step() {
+    track_fixture_fails_at(
+        FIXTURE,
+        "w04-l26",
+        "broadcast-spins-idle",
+        "broadcast_idle_cpu",
+        &[
+            "with 10 clients connected and idle (bound: 200 ms",
+            "the event loop spins while nothing happens",
+        ],
     );
 }
