@@ -58,6 +58,21 @@ enum Bug {
     /// Leaves the signalfd in the (level-triggered) epoll set during the
     /// shutdown, unread: a second signal makes every wait return at once.
     SecondSignalSpins,
+    /// Ends the loop with an error when epoll_wait says EINTR (as it does
+    /// after SIGSTOP and SIGCONT, with no handler involved).
+    EintrIsFatal,
+    /// Never blocks SIGINT/SIGTERM: the signal kills it the default way.
+    NoSignalHandling,
+    /// Prints the shutdown lines to stderr instead of stdout.
+    LinesOnStderr,
+    /// Prints `Closing N connections...` after a first pass over them, N
+    /// counting only those still open then.
+    ClosingCountLate,
+    /// Final stats leave out the frames echoed during the shutdown.
+    RequestsMissTheShutdown,
+    /// Counts every connection closed during the shutdown as an error,
+    /// even one that got all its echoes.
+    EveryCloseAnError,
     /// Waits for writable sockets during the shutdown with a zero timeout:
     /// a busy loop for as long as a client does not read.
     ShutdownPolls,
@@ -94,11 +109,14 @@ struct Totals {
 /// `reset-on-close`), counts what failed or was given up on, prints the rest.
 fn shut_down(epoll: &Epoll, conns: &mut HashMap<RawFd, Conn>, bug: Bug, totals: &mut Totals) {
     use std::time::{Duration, Instant};
-    println!("Closing {} connections...", conns.len());
+    if bug != Bug::ClosingCountLate {
+        say(bug, &format!("Closing {} connections...", conns.len()));
+    }
     let deadline = (bug != Bug::NoGraceBound).then(|| Instant::now() + Duration::from_millis(1500));
     let mut events = vec![EpollEvent::empty(); 1024];
     // close-at-end: finished connections wait here until the end.
     let mut finished = Vec::new();
+    let mut printed_closing = false;
     loop {
         let fds: Vec<RawFd> = conns.keys().copied().collect();
         for fd in fds {
@@ -106,14 +124,18 @@ fn shut_down(epoll: &Epoll, conns: &mut HashMap<RawFd, Conn>, bug: Bug, totals: 
                 continue;
             };
             let read_ok = bug == Bug::ShutdownDropsUnreadInput || read_in(conn);
-            let alive = read_ok && echo_and_flush(conn, bug, &mut totals.requests);
+            let mut echoed = 0;
+            let alive = read_ok && echo_and_flush(conn, bug, &mut echoed);
+            if bug != Bug::RequestsMissTheShutdown {
+                totals.requests += echoed;
+            }
             if alive && !conn.outbuf.is_empty() {
                 continue;
             }
             let Some(conn) = conns.remove(&fd) else {
                 continue;
             };
-            if !alive {
+            if !alive || bug == Bug::EveryCloseAnError {
                 totals.errors += 1;
             }
             match bug {
@@ -135,6 +157,10 @@ fn shut_down(epoll: &Epoll, conns: &mut HashMap<RawFd, Conn>, bug: Bug, totals: 
                 }
             }
         }
+        if bug == Bug::ClosingCountLate && !printed_closing {
+            say(bug, &format!("Closing {} connections...", conns.len()));
+            printed_closing = true;
+        }
         if conns.is_empty() || deadline.is_some_and(|at| Instant::now() >= at) {
             break;
         }
@@ -145,16 +171,28 @@ fn shut_down(epoll: &Epoll, conns: &mut HashMap<RawFd, Conn>, bug: Bug, totals: 
     totals.errors += conns.len() as u64;
     conns.clear();
     drop(finished);
-    println!("All connections closed.");
+    say(bug, "All connections closed.");
     let errors = if bug == Bug::ErrorsNotCounted {
         0
     } else {
         totals.errors
     };
-    println!(
-        "Final stats: {} requests served, {errors} errors",
-        totals.requests
+    say(
+        bug,
+        &format!(
+            "Final stats: {} requests served, {errors} errors",
+            totals.requests
+        ),
     );
+}
+
+/// A shutdown line: on stdout (on stderr for `lines-on-stderr`).
+fn say(bug: Bug, line: &str) {
+    if bug == Bug::LinesOnStderr {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
 }
 
 struct Conn {
@@ -237,7 +275,9 @@ fn epoll_loop(listener: &TcpListener, bug: Bug, stats: bool) -> io::Result<()> {
     let mut mask = nix::sys::signal::SigSet::empty();
     mask.add(nix::sys::signal::Signal::SIGINT);
     mask.add(nix::sys::signal::Signal::SIGTERM);
-    mask.thread_block()?;
+    if bug != Bug::NoSignalHandling {
+        mask.thread_block()?;
+    }
     let signals = nix::sys::signalfd::SignalFd::with_flags(
         &mask,
         nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
@@ -283,7 +323,7 @@ fn epoll_loop(listener: &TcpListener, bug: Bug, stats: bool) -> io::Result<()> {
         };
         let n = match epoll.wait(&mut events, timeout) {
             Ok(n) => n,
-            Err(Errno::EINTR) => continue,
+            Err(Errno::EINTR) if bug != Bug::EintrIsFatal => continue,
             Err(e) => return Err(e.into()),
         };
         for event in &events[..n] {
@@ -294,7 +334,7 @@ fn epoll_loop(listener: &TcpListener, bug: Bug, stats: bool) -> io::Result<()> {
                     } else {
                         "SIGTERM"
                     };
-                    println!("Received {name}, shutting down...");
+                    say(bug, &format!("Received {name}, shutting down..."));
                     if bug == Bug::ExitOnSignal {
                         std::process::exit(0);
                     }

@@ -329,3 +329,67 @@ fn closing_finished_connections_only_at_the_end_fails_the_shutdown_step() {
 fn the_correct_final_fixture_passes_w03_l22() {
     fixture_passes("w03-l22", "none");
 }
+
+#[test]
+fn a_server_killed_by_the_signal_fails_the_shutdown_step() {
+    let stdout = fixture_fails_at("w03-l22", "no-signal-handling", "shutdown");
+    assert!(
+        stdout.contains("the server ended (killed by SIGINT) after SIGINT, not with exit status 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("without a handler SIGINT kills the process on the spot"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_eintr_that_ends_the_loop_fails_the_shutdown_step_once_stopped_and_continued() {
+    let stdout = fixture_fails_at("w03-l22", "eintr-is-fatal", "shutdown");
+    assert!(stdout.contains("case 2/4"), "{stdout}");
+    assert!(stdout.contains("(exit code 1) after SIGINT, not with exit status 0"), "{stdout}");
+    assert!(
+        stdout.contains("Linux makes epoll_wait fail with EINTR even without a signal handler"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn shutdown_lines_on_stderr_fail_the_shutdown_step() {
+    let stdout = fixture_fails_at("w03-l22", "lines-on-stderr", "shutdown");
+    assert!(
+        stdout.contains("no line matching `Received SIGINT, shutting down...` on stdout"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_closing_count_taken_too_late_fails_the_shutdown_step() {
+    let stdout = fixture_fails_at("w03-l22", "closing-count-late", "shutdown");
+    assert!(
+        stdout.contains("while the checker held 1000 open"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn final_stats_without_the_frames_echoed_in_the_shutdown_fail_the_shutdown_step() {
+    let stdout = fixture_fails_at("w03-l22", "requests-miss-the-shutdown", "shutdown");
+    // Case 1's frames were all echoed before the signal; case 2's second
+    // half arrives while the signal is pending, so only the shutdown echoes it.
+    assert!(stdout.contains("case 2/4"), "{stdout}");
+    assert!(
+        stdout.contains("the server says 400 requests served; the checker sent 600 frames"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn counting_every_closed_connection_as_an_error_fails_the_shutdown_step() {
+    let stdout = fixture_fails_at("w03-l22", "every-close-an-error", "shutdown");
+    assert!(
+        stdout
+            .contains("1000 errors` after SIGINT, not 0 errors: every client read all its echoes"),
+        "{stdout}"
+    );
+}

@@ -524,9 +524,23 @@ fn read_signal(signals: &mut SignalFd) -> Option<Signal> {
     }
 }
 
-/// The graceful shutdown, once SIGINT or SIGTERM arrived: no new clients;
-/// every frame that already arrived is echoed; pending output is written
-/// (for at most SHUTDOWN_GRACE); every connection gets an orderly close.
+/// The graceful shutdown, once SIGINT or SIGTERM arrived (the loop has
+/// already taken the signalfd out of the epoll set, so a second signal
+/// changes nothing). Prints the four shutdown lines, in order, and returns
+/// once no connection is left. When it returns:
+///
+/// - no client was accepted after the signal;
+/// - every frame that reached a socket before the shutdown began, read by
+///   the loop or still waiting in the socket, was echoed (bytes left unread
+///   would also make close() send a reset instead of FIN);
+/// - each connection was closed as soon as its output was all written,
+///   with FIN after the last byte: its client read every echo, then EOF,
+///   without waiting for the slower clients;
+/// - pending output was written for at most SHUTDOWN_GRACE, asleep in
+///   epoll_wait meanwhile: a client that never reads cannot hold the exit;
+/// - `totals` counts every frame echoed, and as errors every connection
+///   closed because of a failure: an I/O error, or output still unsent when
+///   the grace period ended.
 fn shut_down(
     epoll: &Epoll,
     listener: &TcpListener,
@@ -535,19 +549,11 @@ fn shut_down(
     totals: &mut Totals,
     args: &Args,
 ) {
-    // TODO, in this order:
-    // 1. print `Received SIGINT, shutting down...` (`signal.as_str()`);
-    // 2. epoll.delete(listener): no new clients;
-    // 3. print `Closing N connections...` (N = conns.len());
-    // 4. until every connection is closed or SHUTDOWN_GRACE has passed:
-    //    `serve` each one (EPOLLIN first: echo what already arrived, then
-    //    EPOLLOUT as well), counting its requests into `totals`; one with
-    //    nothing pending gets shutdown(Shutdown::Write) and is removed; one
-    //    whose serve failed counts as an error and is removed; then sleep
-    //    in `wait_for_events` until the deadline;
-    // 5. whatever is left counts as errors and is closed;
-    // 6. print `All connections closed.` and
-    //    `Final stats: N requests served, E errors`.
+    // TODO: the six steps of the README, so that the contract above holds.
+    // What you need is given: `serve` does one connection's work for the
+    // readiness you pass it (EPOLLIN reads what is waiting), `update_interest`
+    // keeps EPOLLOUT armed while output is pending, and `wait_for_events`
+    // sleeps until a socket is ready or a deadline passes.
     todo!("shut down in order")
 }
 

@@ -522,9 +522,23 @@ fn read_signal(signals: &mut SignalFd) -> Option<Signal> {
     }
 }
 
-/// The graceful shutdown, once SIGINT or SIGTERM arrived: no new clients;
-/// every frame that already arrived is echoed; pending output is written
-/// (for at most SHUTDOWN_GRACE); every connection gets an orderly close.
+/// The graceful shutdown, once SIGINT or SIGTERM arrived (the loop has
+/// already taken the signalfd out of the epoll set, so a second signal
+/// changes nothing). Prints the four shutdown lines, in order, and returns
+/// once no connection is left. When it returns:
+///
+/// - no client was accepted after the signal;
+/// - every frame that reached a socket before the shutdown began, read by
+///   the loop or still waiting in the socket, was echoed (bytes left unread
+///   would also make close() send a reset instead of FIN);
+/// - each connection was closed as soon as its output was all written,
+///   with FIN after the last byte: its client read every echo, then EOF,
+///   without waiting for the slower clients;
+/// - pending output was written for at most SHUTDOWN_GRACE, asleep in
+///   epoll_wait meanwhile: a client that never reads cannot hold the exit;
+/// - `totals` counts every frame echoed, and as errors every connection
+///   closed because of a failure: an I/O error, or output still unsent when
+///   the grace period ended.
 fn shut_down(
     epoll: &Epoll,
     listener: &TcpListener,
