@@ -347,7 +347,10 @@ fn a_server_killed_by_the_signal_fails_the_shutdown_step() {
 fn an_eintr_that_ends_the_loop_fails_the_shutdown_step_once_stopped_and_continued() {
     let stdout = fixture_fails_at("w03-l22", "eintr-is-fatal", "shutdown");
     assert!(stdout.contains("case 2/4"), "{stdout}");
-    assert!(stdout.contains("(exit code 1) after SIGINT, not with exit status 0"), "{stdout}");
+    assert!(
+        stdout.contains("(exit code 1) after SIGINT, not with exit status 0"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("Linux makes epoll_wait fail with EINTR even without a signal handler"),
         "{stdout}"
