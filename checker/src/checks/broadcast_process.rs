@@ -88,38 +88,42 @@ fn connect_synced(
     addr: SocketAddr,
     n: usize,
     server: &mut Server,
-) -> std::result::Result<Vec<Sub>, StepOutcome> {
+) -> std::result::Result<Vec<Sub>, Box<StepOutcome>> {
     let mut subs = Vec::new();
     for i in 1..=n {
         match Sub::connect(addr) {
             Ok(sub) => subs.push(sub),
             Err(e) => {
-                return Err(
+                return Err(Box::new(
                     StepOutcome::fail(format!("client {i} of {n}: connect failed: {e}"))
                         .cause("the server stopped accepting connections")
                         .evidence(Ctx::server_evidence(server)),
-                )
+                ))
             }
         }
     }
     let synced = match sync(&mut subs, Instant::now() + SYNC_WITHIN) {
         Ok(synced) => synced,
         Err(e) => {
-            return Err(StepOutcome::fail(format!(
-                "the publisher's connection broke while it published `sync`: {e}"
+            return Err(Box::new(
+                StepOutcome::fail(format!(
+                    "the publisher's connection broke while it published `sync`: {e}"
+                ))
+                .cause("the server closed a connected client")
+                .evidence(Ctx::server_evidence(server)),
             ))
-            .cause("the server closed a connected client")
-            .evidence(Ctx::server_evidence(server)))
         }
     };
     if synced + 1 < n {
-        return Err(StepOutcome::fail(format!(
+        return Err(Box::new(
+            StepOutcome::fail(format!(
             "{synced} of the {} other clients received the publisher's `sync` frame within {} s",
             n - 1,
             SYNC_WITHIN.as_secs()
         ))
-        .cause("every frame must reach every other connected client")
-        .evidence(Ctx::server_evidence(server)));
+            .cause("every frame must reach every other connected client")
+            .evidence(Ctx::server_evidence(server)),
+        ));
     }
     Ok(subs)
 }
@@ -139,7 +143,7 @@ impl Check for BroadcastProcess {
         };
         let mut subs = match connect_synced(server.addr, self.subscribers + 1, &mut server) {
             Ok(subs) => subs,
-            Err(failed) => return Ok(failed),
+            Err(failed) => return Ok(*failed),
         };
         // Let a thread or child started per connection come into being.
         std::thread::sleep(Duration::from_millis(300));
@@ -284,7 +288,7 @@ impl Check for BroadcastIdleCpu {
         };
         let subs = match connect_synced(server.addr, self.connections.max(2), &mut server) {
             Ok(subs) => subs,
-            Err(failed) => return Ok(failed),
+            Err(failed) => return Ok(*failed),
         };
         // Let the sync frames' work finish before the window opens.
         std::thread::sleep(Duration::from_millis(200));
