@@ -31,6 +31,13 @@ enum Bug {
     /// Never closes a finished connection's socket: one fd (and its
     /// buffers) kept per client, forever.
     LeakFd,
+    /// Closes a finished connection's socket but keeps its state: a
+    /// 128 KiB per-connection buffer (filled when the client connected)
+    /// stays in a list forever, so RSS grows with every client.
+    KeepClosedState,
+    /// Flips a byte in every 10,000th frame it echoes: correct at a glance,
+    /// wrong under load.
+    CorruptSomeEchoes,
     /// Cost 1: every event reads through a freshly zeroed 64 KiB buffer
     /// (w03-l22's `let mut chunk = [0u8; READ_CHUNK]` in read_all).
     ZeroedReadBuffer,
@@ -64,8 +71,13 @@ const READ_CHUNK: usize = 64 * 1024;
 /// An empty buffer keeps up to this much capacity.
 const KEEP_CAPACITY: usize = 4 * 1024;
 
+/// The per-connection buffer `keep-closed-state` keeps after the close.
+const STATE_BYTES: usize = 128 * 1024;
+
 struct Conn {
     stream: TcpStream,
+    /// `keep-closed-state`: per-connection state, kept after the close.
+    state: Vec<u8>,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     closed: bool,
@@ -147,7 +159,7 @@ fn whole_frame(buf: &[u8]) -> Result<Option<usize>, usize> {
 
 /// Moves whole frames to `outbuf` and writes what the socket takes; false
 /// when the connection is broken.
-fn echo_and_flush(conn: &mut Conn, bug: Bug) -> bool {
+fn echo_and_flush(conn: &mut Conn, bug: Bug, echoed: &mut u64) -> bool {
     let oversize = |len| {
         eprintln!("frame of {len} bytes is over the limit; closing");
         false
@@ -174,6 +186,12 @@ fn echo_and_flush(conn: &mut Conn, bug: Bug) -> bool {
                     }
                     conn.outbuf
                         .extend_from_slice(&conn.inbuf[start..start + total]);
+                    *echoed += 1;
+                    if bug == Bug::CorruptSomeEchoes && *echoed % 10_000 == 0 && total > 4 {
+                        if let Some(last) = conn.outbuf.last_mut() {
+                            *last ^= 0x01;
+                        }
+                    }
                     start += total;
                 }
                 Ok(None) => break,
@@ -208,6 +226,9 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
     let mut conns: HashMap<RawFd, Conn> = HashMap::new();
     // `leak-fd` keeps finished connections here instead of closing them.
     let mut leaked: Vec<Conn> = Vec::new();
+    // `keep-closed-state` keeps finished connections' state here.
+    let mut kept_state: Vec<Vec<u8>> = Vec::new();
+    let mut echoed = 0u64;
     let mut events = vec![EpollEvent::empty(); 1024];
     let mut scratch = vec![0u8; READ_CHUNK];
     let hangup = EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
@@ -224,8 +245,14 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
                         Ok((stream, _)) => {
                             stream.set_nonblocking(true)?;
                             let fd = stream.as_raw_fd();
+                            let state = if bug == Bug::KeepClosedState {
+                                vec![0xa5; STATE_BYTES]
+                            } else {
+                                Vec::new()
+                            };
                             let mut conn = Conn {
                                 stream,
+                                state,
                                 inbuf: Vec::new(),
                                 outbuf: Vec::new(),
                                 closed: false,
@@ -254,13 +281,16 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
             let alive = (conn.closed
                 || !readable
                 || read_in(conn, &mut scratch, ready.intersects(hangup), bug))
-                && echo_and_flush(conn, bug);
+                && echo_and_flush(conn, bug, &mut echoed);
             let finished = !alive || (conn.closed && conn.outbuf.is_empty());
             if finished {
-                if let Some(conn) = conns.remove(&fd) {
+                if let Some(mut conn) = conns.remove(&fd) {
                     if bug == Bug::LeakFd {
                         let _ = epoll.delete(&conn.stream);
                         leaked.push(conn);
+                    } else if bug == Bug::KeepClosedState {
+                        // The socket closes with `conn`; its state stays.
+                        kept_state.push(std::mem::take(&mut conn.state));
                     }
                 }
                 continue;
