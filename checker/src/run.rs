@@ -269,6 +269,20 @@ pub fn ensure_proof_grades(result: &RunResult, lesson: &Lesson) -> Result<()> {
     )
 }
 
+pub fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (nanos % 1_000_000) as u64
+}
+
+/// Each step gets its own seed, so replaying one run replays every step.
+fn step_seed(seed: u64, index: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(index as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,7 +349,11 @@ mod tests {
             panic: None,
             output: Vec::new(),
         };
-        let passed = death_is_the_verdict(StepOutcome::pass("shut down"), &[exited.clone()], true);
+        let passed = death_is_the_verdict(
+            StepOutcome::pass("shut down"),
+            std::slice::from_ref(&exited),
+            true,
+        );
         assert_eq!(passed.status, Status::Pass);
         let unasked = death_is_the_verdict(StepOutcome::pass("echoed"), &[exited], false);
         assert_eq!(unasked.status, Status::Fail);
@@ -351,18 +369,4 @@ mod tests {
         assert_eq!(same.message, "short echo");
         assert_eq!(same.cause.as_deref(), Some("x"));
     }
-}
-
-pub fn random_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    (nanos % 1_000_000) as u64
-}
-
-/// Each step gets its own seed, so replaying one run replays every step.
-fn step_seed(seed: u64, index: usize) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(index as u64)
 }

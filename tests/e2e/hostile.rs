@@ -86,6 +86,10 @@ fn a_thread_that_panics_is_the_verdict_even_when_the_process_lives_on() {
     // The empty-frame case kills only that client's thread: the process
     // serves on, and its client merely saw a closed connection. The panic,
     // with its thread, file:line and message, is what the FAIL line says.
+    let panic = regex::Regex::new(
+        r"^a thread of the server panicked: thread '[^']+' panicked at src/bin/broken_server\.rs:\d+:\d+: an empty frame has no payload to echo; what the clients saw: ",
+    )
+    .unwrap();
     for round in 0..3 {
         let tag = format!("hostile-thread-panic-{round}");
         let (output, stdout) = run_checker(&[
@@ -105,10 +109,6 @@ fn a_thread_that_panics_is_the_verdict_even_when_the_process_lives_on() {
             .expect("a failed step");
         assert_eq!(failed["name"], "frames", "{stdout}");
         let message = failed["message"].as_str().unwrap();
-        let panic = regex::Regex::new(
-            r"^a thread of the server panicked: thread '[^']+' panicked at src/bin/broken_server\.rs:\d+:\d+: an empty frame has no payload to echo; what the clients saw: ",
-        )
-        .unwrap();
         assert!(panic.is_match(message), "round {round}: {message}");
         assert!(failed.get("cause").is_none(), "round {round}: {stdout}");
         assert_nothing_left(&tag);
