@@ -325,6 +325,12 @@ fn check_sound(course: &Course) -> Result<()> {
             bail!("{}: needs at least one step after `build`", at("verify"));
         }
         for (cause, refs) in &lesson.causes {
+            if !crate::checks::causes::CAUSE_IDS.contains(&cause.as_str()) {
+                bail!(
+                    "{}: no step gives the cause `{cause}` (the ids are listed in checker/src/checks/causes.rs)",
+                    at(&format!("causes.{cause}"))
+                );
+            }
             for number in refs.clone().into_vec() {
                 if number == 0 || number > lesson.hints.len() {
                     bail!(

@@ -153,14 +153,20 @@ impl Check for Backpressure {
                 "no echo of a {}-byte frame within 5 s",
                 warm.len()
             ))
-            .cause("the server must echo a small frame before its memory can be watched")
+            .cause_as(
+                "backpressure.no-echo",
+                "the server must echo a small frame before its memory can be watched",
+            )
             .evidence(Ctx::server_evidence(&mut server)));
         }
         std::thread::sleep(Duration::from_millis(100));
         let Ok(baseline) = procfs::rss_kib(server.pid) else {
             return Ok(
                 StepOutcome::fail("the server exited after echoing one small frame")
-                    .cause("the server must keep running after serving a client")
+                    .cause_as(
+                        "backpressure.died-after-a-client",
+                        "the server must keep running after serving a client",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)),
             );
         };
@@ -169,7 +175,10 @@ impl Check for Backpressure {
             Ok(stream) => stream,
             Err(err) => {
                 return Ok(StepOutcome::fail(format!("connect failed: {err}"))
-                    .cause("the server does not accept connections")
+                    .cause_as(
+                        "backpressure.no-accept",
+                        "the server does not accept connections",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)))
             }
         };
@@ -219,11 +228,18 @@ impl Check for Backpressure {
         ));
 
         if let Some(death) = server.death_notice() {
-            return Ok(StepOutcome::fail(
+            let failed = StepOutcome::fail(
                 "the server died while a client pushed frames faster than it read its echoes",
-            )
-            .cause("a client that does not read must never end the server: stop reading from it while its pending output is over --max-pending")
-            .evidence(std::iter::once(death).chain(server.output_tail(20))));
+            );
+            let cause = "a client that does not read must never end the server: stop reading from it while its pending output is over --max-pending";
+            // Stopped by the checker for its memory: buffering without
+            // bound is what ended it. Any other death has its own story.
+            let failed = if death.starts_with("the checker stopped the server") {
+                failed.death_cause("backpressure.unbounded-buffering-ends-the-server", cause)
+            } else {
+                failed.cause_as("backpressure.died", cause)
+            };
+            return Ok(failed.evidence(std::iter::once(death).chain(server.output_tail(20))));
         }
         if growth_kib > self.max_growth_mib * 1024 {
             return Ok(StepOutcome::fail(format!(
@@ -232,10 +248,11 @@ impl Check for Backpressure {
                 self.delay_ms,
                 self.max_growth_mib
             ))
-            .cause("the server keeps reading from a client whose echoes it cannot send, and buffers them all: while a connection's outbuf holds --max-pending bytes or more, leave POLLIN out of its interest (and don't read it); add it back once flush drains outbuf")
+            .cause_as("backpressure.unbounded-buffering", "the server keeps reading from a client whose echoes it cannot send, and buffers them all: while a connection's outbuf holds --max-pending bytes or more, leave POLLIN out of its interest (and don't read it); add it back once flush drains outbuf")
             .evidence(Ctx::server_evidence(&mut server))
             .figure("rss_growth_kib", growth_kib));
         }
+        let differs = matches!(verified, Verified::Differs { .. });
         let problem = match verified {
             Verified::All => None,
             Verified::Differs { at } => Some(format!(
@@ -258,8 +275,13 @@ impl Check for Backpressure {
                 evidence.push(format!("sending stopped: {err}"));
             }
             evidence.extend(Ctx::server_evidence(&mut server));
+            let id = if differs {
+                "backpressure.bytes-lost"
+            } else {
+                "backpressure.never-resumes"
+            };
             return Ok(StepOutcome::fail(format!("backpressure: {problem}"))
-                .cause("pausing a client must not lose or stall its data: stop reading only while its outbuf is at --max-pending, keep every unread byte in the kernel, and resume reading (POLLIN again) as soon as flush brings outbuf under the limit")
+                .cause_as(id, "pausing a client must not lose or stall its data: stop reading only while its outbuf is at --max-pending, keep every unread byte in the kernel, and resume reading (POLLIN again) as soon as flush brings outbuf under the limit")
                 .evidence(evidence)
                 .figure("rss_growth_kib", growth_kib));
         }

@@ -77,21 +77,30 @@ fn good_echo(good: &mut TcpStream, round: &mut usize) -> Option<String> {
     }
 }
 
+/// One client's bad input ending the whole server.
+const ERROR_ENDS_THE_SERVER: &str = "bad_input.error-ends-the-server";
+
 impl BadInput {
     fn disturbed(&self, server: &mut Server, after: &str, what: String) -> StepOutcome {
-        let (message, cause) = match server.death_notice() {
+        let (message, cause_id, cause) = match server.death_notice() {
             Some(death) => (
                 format!("the server died after {after}: {death}"),
+                ERROR_ENDS_THE_SERVER,
                 "one client's bad input must never end the server: handle it as an error of that connection (log it, close it) and keep serving",
             ),
             None => (
                 format!("the well-behaved client was disturbed after {after}: {what}"),
+                "bad_input.others-disturbed",
                 "a bad client must only cost its own connection: close it, and keep every other connection (and its buffers) as it was",
             ),
         };
-        StepOutcome::fail(message)
-            .cause(cause)
-            .evidence(Ctx::server_evidence(server))
+        let failed = StepOutcome::fail(message).cause_as(cause_id, cause);
+        let failed = if cause_id == ERROR_ENDS_THE_SERVER {
+            failed.explains_death(cause_id)
+        } else {
+            failed
+        };
+        failed.evidence(Ctx::server_evidence(server))
     }
 
     /// Sends `bytes` on a fresh connection; the server must close it
@@ -108,7 +117,10 @@ impl BadInput {
             Err(err) => {
                 return Ok(Some(
                     StepOutcome::fail(format!("{what} client: connect failed: {err}"))
-                        .cause("the server stopped accepting connections")
+                        .cause_as(
+                            "bad_input.stopped-accepting",
+                            "the server stopped accepting connections",
+                        )
                         .evidence(Ctx::server_evidence(server)),
                 ))
             }
@@ -135,7 +147,7 @@ impl BadInput {
                     "{what}: the server sent {} bytes back instead of closing",
                     got.len()
                 ))
-                .cause("a header above --max-frame is bad input: close the connection without replying")
+                .cause_as("bad_input.replied", "a header above --max-frame is bad input: close the connection without replying")
                 .evidence(std::iter::once(format!("sent {sent}")).chain(Ctx::server_evidence(server))),
             ));
         }
@@ -148,7 +160,7 @@ impl BadInput {
                     self.close_timeout_secs,
                     ending.describe()
                 ))
-                .cause("the server trusts the length prefix and waits for a payload that will never come: check `len > max_frame` as soon as the 4 header bytes are in, log it and close that connection")
+                .cause_as("bad_input.trusts-the-length", "the server trusts the length prefix and waits for a payload that will never come: check `len > max_frame` as soon as the 4 header bytes are in, log it and close that connection")
                 .evidence(std::iter::once(format!("sent {sent}")).chain(Ctx::server_evidence(server)))
             };
             return Ok(Some(outcome));
@@ -167,7 +179,7 @@ impl BadInput {
                 StepOutcome::fail(format!(
                     "{what}: the connection was closed, but nothing was written to stderr within 2 s"
                 ))
-                .cause("bad input is worth a log line: eprintln! the peer address and what was wrong (the header bytes, the length) before closing")
+                .cause_as("bad_input.not-logged", "bad input is worth a log line: eprintln! the peer address and what was wrong (the header bytes, the length) before closing")
                 .evidence(std::iter::once(format!("sent {sent}")).chain(Ctx::server_evidence(server))),
             ));
         }
@@ -198,7 +210,10 @@ impl Check for BadInput {
             Ok(stream) => stream,
             Err(err) => {
                 return Ok(StepOutcome::fail(format!("connect failed: {err}"))
-                    .cause("the server does not accept connections")
+                    .cause_as(
+                        "bad_input.no-accept",
+                        "the server does not accept connections",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)))
             }
         };

@@ -81,8 +81,8 @@ impl Check for BrokenPipes {
                             ),
                             None => format!("client {client}: connect failed: {err}"),
                         };
-                        return Ok(fail(&mut server, message, CAUSE)
-                            .explains_death("broken_pipes.error-ends-the-server"));
+                        return Ok(fail(&mut server, message, ERROR_ENDS_THE_SERVER, CAUSE)
+                            .explains_death(ERROR_ENDS_THE_SERVER));
                     }
                 };
                 // One non-blocking write: as many frames as the kernel takes
@@ -107,8 +107,8 @@ impl Check for BrokenPipes {
                 let message = format!(
                     "the server died after {reset_count} clients reset with echoes pending: {death}"
                 );
-                return Ok(fail(&mut server, message, CAUSE)
-                    .explains_death("broken_pipes.error-ends-the-server"));
+                return Ok(fail(&mut server, message, ERROR_ENDS_THE_SERVER, CAUSE)
+                    .explains_death(ERROR_ENDS_THE_SERVER));
             }
         }
         ctx.log.detail(format!(
@@ -118,8 +118,8 @@ impl Check for BrokenPipes {
         std::thread::sleep(Duration::from_millis(250));
         if let Err(message) = fresh_client_echoed(server.addr, Duration::from_secs(10)) {
             let message = format!("after {reset_count} clients reset mid-echo, {message}");
-            return Ok(fail(&mut server, message, CAUSE)
-                .explains_death("broken_pipes.error-ends-the-server"));
+            return Ok(fail(&mut server, message, ERROR_ENDS_THE_SERVER, CAUSE)
+                .explains_death(ERROR_ENDS_THE_SERVER));
         }
         Ok(StepOutcome::pass(format!(
             "{reset_count} clients reset mid-echo ({} KiB sent, none read); the server lived and echoed the next client",
@@ -133,4 +133,5 @@ impl Check for BrokenPipes {
     }
 }
 
+const ERROR_ENDS_THE_SERVER: &str = "broken_pipes.error-ends-the-server";
 const CAUSE: &str = "a client that resets makes the server's next write fail with EPIPE or ECONNRESET (and its next read with ECONNRESET): Rust ignores SIGPIPE, so it is an Err; close that one connection, never unwrap() it or let `?` carry it out of the event loop";

@@ -66,7 +66,7 @@ impl Check for Burst {
             Ok(stream) => stream,
             Err(err) => {
                 return Ok(StepOutcome::fail(format!("connect failed: {err}"))
-                    .cause("the server does not accept connections")
+                    .cause_as("burst.no-accept", "the server does not accept connections")
                     .evidence(Ctx::server_evidence(&mut server)))
             }
         };
@@ -95,7 +95,7 @@ impl Check for Burst {
         if received.len() == sent.len() && received == sent {
             if let Some(death) = server.death_notice() {
                 return Ok(StepOutcome::fail(format!("{death} after the burst"))
-                    .cause("the server must keep running")
+                    .cause_as("burst.died-after-the-burst", "the server must keep running")
                     .evidence(Ctx::server_evidence(&mut server)));
             }
             return Ok(StepOutcome::pass(format!("{summary}; all echoed in order"))
@@ -113,7 +113,7 @@ impl Check for Burst {
                     "{summary}; the echo differs from what was sent at byte {at} (frame {})",
                     at / frame_len
                 ))
-                .cause("framing: frames merged, split, dropped or reordered when many arrive in one read")
+                .cause_as("burst.framing", "framing: frames merged, split, dropped or reordered when many arrive in one read")
                 .evidence(evidence));
             }
         }
@@ -130,10 +130,17 @@ impl Check for Burst {
             received.len(),
             self.timeout_secs
         ))
-        .cause(match death {
-            Some(death) => format!("{death} during the burst: read its output below"),
-            None => "the server stopped reading while bytes were still waiting: with EPOLLET, epoll reports new data once, so each event must be read until WouldBlock; bytes left in the kernel buffer are never reported again".into(),
-        })
+        .cause_as(
+            if death.is_some() {
+                "burst.died"
+            } else {
+                "burst.read-stall"
+            },
+            match death {
+                Some(death) => format!("{death} during the burst: read its output below"),
+                None => "the server stopped reading while bytes were still waiting: with EPOLLET, epoll reports new data once, so each event must be read until WouldBlock; bytes left in the kernel buffer are never reported again".into(),
+            },
+        )
         .figure("echoed_bytes", received.len())
         .evidence(evidence))
     }

@@ -57,6 +57,11 @@ impl Default for C10k {
     }
 }
 
+/// How close to its soft limit of open files the server's fd count must be
+/// for EMFILE to explain connections it never serves (stdio, the listener
+/// and the epoll fd are among them).
+const FD_LIMIT_SLACK: u64 = 8;
+
 /// Per-connect bound; a connect refused or timed out is tried once more.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -104,7 +109,7 @@ impl Check for C10k {
                 "the server died while {} connections were being opened",
                 held.len()
             ))
-            .cause("running out of file descriptors (EMFILE) or memory must never end the server: log it and keep serving the connections it has")
+            .cause_as("c10k.died-connecting", "running out of file descriptors (EMFILE) or memory must never end the server: log it and keep serving the connections it has")
             .evidence(std::iter::once(death).chain(server.output_tail(20))));
         }
         // Every connection sends one frame, then all echoes are collected.
@@ -137,30 +142,45 @@ impl Check for C10k {
                 "the server died while {} connections were open and echoing",
                 held.len()
             ))
-            .cause("a full server must keep running: an error on one connection closes that connection only")
+            .cause_as("c10k.died-echoing", "a full server must keep running: an error on one connection closes that connection only")
             .evidence(std::iter::once(death).chain(server.output_tail(20))));
         }
+        // EMFILE is the explanation only when the server's fds show it: as
+        // many open as its soft limit allows.
+        let fds = procfs::open_fds(server.pid).map(|f| f.len()).unwrap_or(0);
+        let at_fd_limit = fds as u64 + FD_LIMIT_SLACK >= self.nofile_soft;
         if held.len() < self.connections {
-            return Ok(StepOutcome::fail(format!(
+            let failed = StepOutcome::fail(format!(
                 "only {} of {} connections could be opened (each connect bounded by {} s and tried twice; ramping stops after two failures in a row), and only {} of those got their echo",
                 held.len(),
                 self.connections,
                 CONNECT_TIMEOUT.as_secs(),
                 tally.echoed
-            ))
-            .cause("the server stopped completing connections: its accept queue is full because accept() fails. At the default soft limit of 1,024 open files accept() returns EMFILE; raise RLIMIT_NOFILE to its hard limit at start-up (setrlimit), and listen with a backlog of a few thousand (connections accepted before the limit are served, the rest wait in the queue)")
-            .evidence(
-                last_error
-                    .into_iter()
-                    .map(|e| format!("last connect error: {e}"))
+            ));
+            let failed = if at_fd_limit {
+                failed.cause_as("c10k.accept-fails-at-the-fd-limit", "the server stopped completing connections: its accept queue is full because accept() fails. At the default soft limit of 1,024 open files accept() returns EMFILE; raise RLIMIT_NOFILE to its hard limit at start-up (setrlimit), and listen with a backlog of a few thousand (connections accepted before the limit are served, the rest wait in the queue)")
+            } else {
+                failed
+            };
+            return Ok(failed
+                .evidence(
+                    std::iter::once(format!(
+                        "/proc/{}/fd: {fds} open (soft limit {})",
+                        server.pid, self.nofile_soft
+                    ))
+                    .chain(
+                        last_error
+                            .into_iter()
+                            .map(|e| format!("last connect error: {e}")),
+                    )
                     .chain(Ctx::server_evidence(&mut server)),
-            )
-            .figure("connections_opened", held.len()));
+                )
+                .figure("connections_opened", held.len()));
         }
 
         let missing = tally.silent + tally.wrong + tally.closed + unsent;
         if missing > 0 {
-            return Ok(StepOutcome::fail(format!(
+            let failed = StepOutcome::fail(format!(
                 "{missing} of {} held connections got no exact echo of their frame within {} s ({} never answered, {} wrong bytes, {} closed by the server, {} could not send)",
                 held.len(),
                 self.echo_timeout_secs,
@@ -168,18 +188,27 @@ impl Check for C10k {
                 tally.wrong,
                 tally.closed,
                 unsent
-            ))
-            .cause("connections the server never serves: when accept() fails with EMFILE (the soft limit of 1,024 open files) an edge-triggered listener is not reported again, and connections stay in the accept queue. Raise RLIMIT_NOFILE to the hard limit at start-up (setrlimit), and keep accepting until WouldBlock")
-            .evidence(
-                std::iter::once(format!(
-                    "sent 1 frame of {} bytes on each of {} connections; {} exact echoes",
-                    frames[0].len(),
-                    held.len(),
-                    tally.echoed
-                ))
-                .chain(Ctx::server_evidence(&mut server)),
-            )
-            .figure("never_echoed", missing));
+            ));
+            let failed = if at_fd_limit {
+                failed.cause_as("c10k.unserved-at-the-fd-limit", "connections the server never serves: when accept() fails with EMFILE (the soft limit of 1,024 open files) an edge-triggered listener is not reported again, and connections stay in the accept queue. Raise RLIMIT_NOFILE to the hard limit at start-up (setrlimit), and keep accepting until WouldBlock")
+            } else {
+                failed
+            };
+            return Ok(failed
+                .evidence(
+                    std::iter::once(format!(
+                        "sent 1 frame of {} bytes on each of {} connections; {} exact echoes",
+                        frames[0].len(),
+                        held.len(),
+                        tally.echoed
+                    ))
+                    .chain(std::iter::once(format!(
+                        "/proc/{}/fd: {fds} open (soft limit {})",
+                        server.pid, self.nofile_soft
+                    )))
+                    .chain(Ctx::server_evidence(&mut server)),
+                )
+                .figure("never_echoed", missing));
         }
         if threads > self.max_threads {
             return Ok(StepOutcome::fail(format!(
@@ -187,7 +216,7 @@ impl Check for C10k {
                 held.len(),
                 self.max_threads
             ))
-            .cause("this lesson serves 10,000 connections from one event loop on one thread: no thread per connection, no helper threads")
+            .cause_as("c10k.extra-threads", "this lesson serves 10,000 connections from one event loop on one thread: no thread per connection, no helper threads")
             .evidence(Ctx::server_evidence(&mut server))
             .figure("threads", threads));
         }

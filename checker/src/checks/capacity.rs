@@ -111,6 +111,7 @@ impl Check for Capacity {
             return Ok(fail(
                 &mut server,
                 format!("client {client} of {n} (the limit is {n}): {problem}"),
+                "capacity.refuses-below-the-limit",
                 "up to --max-clients clients must be accepted and served: refuse only when that many are connected",
             ));
         }
@@ -135,6 +136,7 @@ impl Check for Capacity {
                     return Ok(fail(
                         &mut server,
                         format!("client {client} was echoed while {n} clients were held (--max-clients {n}): more than {n} served at once"),
+                        "capacity.no-limit",
                         "count the connections you hold; when that count is --max-clients, accept the new one and close it at once",
                     ))
                 }
@@ -142,6 +144,7 @@ impl Check for Capacity {
                     return Ok(fail(
                         &mut server,
                         format!("client {client}, over the limit of {n}: {what} (expected EOF before any echo within {} s)", self.timeout_secs),
+                        "capacity.over-the-limit-not-closed",
                         "at capacity, accept the new connection and close it at once: the client must see EOF, not wait in the accept queue (and a listener left readable makes poll() spin)",
                     ))
                 }
@@ -155,8 +158,10 @@ impl Check for Capacity {
             return Ok(fail(
                 &mut server,
                 format!("the server died refusing clients over the limit: {death}"),
+                "capacity.refusal-ends-the-server",
                 "refusing a client must close that connection only",
-            ));
+            )
+            .explains_death("capacity.refusal-ends-the-server"));
         }
 
         // 3. The N held are still served.
@@ -168,6 +173,7 @@ impl Check for Capacity {
                     return Ok(fail(
                         &mut server,
                         format!("held client {client} was closed after the server refused others"),
+                        "capacity.refusal-closes-held",
                         "refusing a new client must not touch the connections already held",
                     ))
                 }
@@ -175,6 +181,7 @@ impl Check for Capacity {
                     return Ok(fail(
                         &mut server,
                         format!("held client {client}, after others were refused: {what}"),
+                        "capacity.held-unserved-after-refusal",
                         "the server must keep serving the clients it holds while it refuses others",
                     ))
                 }
@@ -196,6 +203,7 @@ impl Check for Capacity {
                     return Ok(fail(
                         &mut server,
                         format!("after {leave} of the {n} held clients left, newcomer {newcomer} was never served within {} s: {what}", self.timeout_secs),
+                        "capacity.never-comes-back",
                         "capacity must come back when clients leave: count the connections held now (conns.len()), not the ones ever accepted, and keep accepting after a refusal",
                     ))
                 }

@@ -95,33 +95,36 @@ impl Check for Concurrency {
                         "client {client} could not connect while {} clients were held: {err}",
                         held.len()
                     ))
-                    .cause("the server stopped accepting while other clients were connected")
+                    .cause_as(
+                        "concurrency.stopped-accepting",
+                        "the server stopped accepting while other clients were connected",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)))
                 }
             };
             let payload = format!("client {client} of {}, first frame", self.clients).into_bytes();
             if let Some(failed) = echo_once(&mut stream, &payload, timeout) {
-                let (message, cause) = if client == 1 {
+                let (message, cause_id, cause) = if client == 1 {
                     (
                         format!("client 1 (alone): {failed}"),
+                        "concurrency.single-client-fails",
                         "a single client must be echoed; see the frames step".to_string(),
                     )
                 } else if failed.timed_out {
-                    (
-                        format!(
-                            "client {client} got no echo within {} s while {} other client(s) were connected and idle",
-                            self.echo_timeout_secs,
-                            held.len()
-                        ),
-                        if client == 2 {
-                            "the server serves one client at a time: while it is blocked reading the idle first client, nobody else is read. Give each client its own thread (std::thread::spawn(move || ...)) and go straight back to accept()".to_string()
-                        } else {
-                            format!("the server serves at most {} clients at once: a fixed number of threads runs out; this lesson wants a thread per client", client - 1)
-                        },
-                    )
+                    let message = format!(
+                        "client {client} got no echo within {} s while {} other client(s) were connected and idle",
+                        self.echo_timeout_secs,
+                        held.len()
+                    );
+                    if client == 2 {
+                        (message, "concurrency.one-at-a-time", "the server serves one client at a time: while it is blocked reading the idle first client, nobody else is read. Give each client its own thread (std::thread::spawn(move || ...)) and go straight back to accept()".to_string())
+                    } else {
+                        (message, "concurrency.thread-limit", format!("the server serves at most {} clients at once: a fixed number of threads runs out; this lesson wants a thread per client", client - 1))
+                    }
                 } else {
                     (
                         format!("client {client}, with {} others held: {failed}", held.len()),
+                        "concurrency.echo-fails-beside-others",
                         "every client must be echoed exactly, whatever the others do".to_string(),
                     )
                 };
@@ -130,20 +133,16 @@ impl Check for Concurrency {
                 let threads = procfs::threads(server.pid).unwrap_or(0);
                 let (cause_id, cause) = match super::pool::diagnosis::pool_workers(ctx) {
                     Some(_) if client == 2 && failed.timed_out && threads > 2 => {
-                        let (id, cause) = super::pool::diagnosis::one_served_at_a_time(threads);
-                        (id, cause)
+                        super::pool::diagnosis::one_served_at_a_time(threads)
                     }
-                    _ => ("concurrency.one-at-a-time", cause),
+                    _ => (cause_id, cause),
                 };
                 let mut evidence = failed.evidence;
                 evidence.push(format!("the server runs {threads} threads"));
                 evidence.extend(Ctx::server_evidence(&mut server));
-                let outcome = StepOutcome::fail(message).evidence(evidence);
-                let outcome = if client == 2 && failed.timed_out {
-                    outcome.cause_as(cause_id, cause)
-                } else {
-                    outcome.cause(cause)
-                };
+                let outcome = StepOutcome::fail(message)
+                    .cause_as(cause_id, cause)
+                    .evidence(evidence);
                 return Ok(outcome.figure("clients_served_at_once", client - 1));
             }
             if client == 2 {
@@ -166,7 +165,7 @@ impl Check for Concurrency {
                     "could not read /proc/{}/status while the clients were held",
                     server.pid
                 ))
-                .cause("the server process is gone or is not the process that serves (with --exec, run the server itself, not a wrapper)")
+                .cause_as("concurrency.no-proc-status", "the server process is gone or is not the process that serves (with --exec, run the server itself, not a wrapper)")
                 .evidence(Ctx::server_evidence(&mut server)));
             };
             let clients = self.clients;
@@ -193,7 +192,7 @@ impl Check for Concurrency {
                     "{clients} clients held open and echoed, but the server has only {} thread(s) (Threads: in /proc/{}/status)",
                     during.threads, server.pid
                 ))
-                .cause("this lesson is thread-per-connection: spawn one thread per accepted client (the clients here were served some other way, with fewer threads than clients)")
+                .cause_as("concurrency.too-few-threads", "this lesson is thread-per-connection: spawn one thread per accepted client (the clients here were served some other way, with fewer threads than clients)")
                 .evidence(Ctx::server_evidence(&mut server));
                 outcome.figures = figures;
                 return Ok(outcome);
@@ -216,7 +215,7 @@ impl Check for Concurrency {
                 let mut evidence = failed.evidence;
                 evidence.extend(Ctx::server_evidence(&mut server));
                 return Ok(StepOutcome::fail(message)
-                .cause("a held client must stay served: its thread keeps reading frames until the client closes")
+                .cause_as("concurrency.held-client-dropped", "a held client must stay served: its thread keeps reading frames until the client closes")
                 .evidence(evidence));
             }
         }
@@ -226,7 +225,10 @@ impl Check for Concurrency {
         if let Some(death) = server.death_notice() {
             return Ok(
                 StepOutcome::fail(format!("{death} after the clients closed"))
-                    .cause("the server must keep running after its clients leave")
+                    .cause_as(
+                        "concurrency.died-after-clients-left",
+                        "the server must keep running after its clients leave",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)),
             );
         }

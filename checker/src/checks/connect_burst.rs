@@ -120,7 +120,10 @@ impl Check for ConnectBurst {
             if let Some(death) = server.death_notice() {
                 return Ok(
                     StepOutcome::fail(format!("{death} after the connect burst"))
-                        .cause("the server must keep running")
+                        .cause_as(
+                            "connect_burst.died-after-the-burst",
+                            "the server must keep running",
+                        )
                         .evidence(Ctx::server_evidence(&mut server)),
                 );
             }
@@ -143,10 +146,17 @@ impl Check for ConnectBurst {
             clients - echoed,
             self.timeout_secs
         ))
-        .cause(match death {
-            Some(death) => format!("{death} during the burst: read its output below (a `todo!()` left in the stub, or an unwrap() on accept?)"),
-            None => "connections were left waiting in the listener's accept queue: with an edge-triggered listener, one event can stand for many connections, so accept until WouldBlock every time".into(),
-        })
+        .cause_as(
+            if death.is_some() {
+                "connect_burst.died"
+            } else {
+                "connect_burst.accept-stall"
+            },
+            match death {
+                Some(death) => format!("{death} during the burst: read its output below (a `todo!()` left in the stub, or an unwrap() on accept?)"),
+                None => "connections were left waiting in the listener's accept queue: with an edge-triggered listener, one event can stand for many connections, so accept until WouldBlock every time".into(),
+            },
+        )
         .figure("unechoed", clients - echoed)
         .evidence(evidence))
     }

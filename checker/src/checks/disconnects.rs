@@ -141,31 +141,36 @@ impl Check for Disconnects {
         };
         let timeout = Duration::from_secs(self.timeout_secs);
         let addr = server.addr;
-        // Each case: its name, the likely cause when it fails, and the client.
+        // Each case: its name, the likely cause when it fails (its id and
+        // words), and the client.
         type Case = fn(&Disconnects, SocketAddr, Duration) -> Result<String, String>;
-        let cases: [(&str, &str, Case); 4] = [
+        let cases: [(&str, &str, &str, Case); 4] = [
             (
                 "reset mid-frame",
+                RESET_ENDS_THE_SERVER,
                 "a reset is an error of that one connection (ECONNRESET from read or write): close it and keep serving; never unwrap() or `?` it out of the event loop",
                 Disconnects::reset_mid_frame,
             ),
             (
                 "close mid-frame",
+                "disconnects.close-mid-frame",
                 "a read of 0 (EOF) with half a frame buffered: drop the partial frame and close the connection; the client sees EOF",
                 Disconnects::close_mid_frame,
             ),
             (
                 "frame with EOF behind it",
+                "disconnects.eof-behind-a-frame-missed",
                 "the client's EOF came right behind its last frame: after echoing, the server must still see the EOF and close; read until a read returns 0 or WouldBlock (or, with epoll, check EPOLLRDHUP) before deciding a socket has nothing more to say",
                 Disconnects::frame_then_eof,
             ),
             (
                 "half-close",
+                "disconnects.half-close-drops-echoes",
                 "EOF means the client sends no more, not that it stopped reading: keep writing the echoes already queued, and close only once the write buffer is empty",
                 Disconnects::half_close,
             ),
         ];
-        for (case, cause, client) in cases {
+        for (case, cause_id, cause, client) in cases {
             let result = client(self, addr, timeout).and_then(|detail| {
                 fresh_client_echoed(addr, timeout)
                     .map(|()| detail)
@@ -183,7 +188,16 @@ impl Check for Disconnects {
                 Ok(detail) => ctx
                     .log
                     .detail(format!("{case}: {detail}; the next client was echoed")),
-                Err(message) => return Ok(fail(&mut server, message, cause)),
+                Err(message) => {
+                    let failed = fail(&mut server, message, cause_id, cause);
+                    // A reset the server turns into its own end: that cause
+                    // explains the death.
+                    return Ok(if cause_id == RESET_ENDS_THE_SERVER {
+                        failed.explains_death(cause_id)
+                    } else {
+                        failed
+                    });
+                }
             }
         }
         Ok(StepOutcome::pass(format!(
@@ -203,10 +217,19 @@ impl Check for Disconnects {
     }
 }
 
-/// A failed outcome quoting the server's output.
-pub(super) fn fail(server: &mut Server, message: String, cause: &str) -> StepOutcome {
+/// The reset mid-frame case's cause: a reset is that connection's error.
+const RESET_ENDS_THE_SERVER: &str = "disconnects.reset-ends-the-server";
+
+/// A failed outcome with its likely cause (`cause_id`, see
+/// `StepOutcome::cause_as`), quoting the server's output.
+pub(super) fn fail(
+    server: &mut Server,
+    message: String,
+    cause_id: &str,
+    cause: &str,
+) -> StepOutcome {
     StepOutcome::fail(message)
-        .cause(cause)
+        .cause_as(cause_id, cause)
         .evidence(Ctx::server_evidence(server))
 }
 

@@ -66,15 +66,15 @@ impl Check for Echo {
             {
                 Ok(stream) => stream,
                 Err(err) => {
-                    let why = if client > 1 {
-                        "the server stopped accepting after its earlier clients: keep accepting in a loop, and don't let one client's end end the server"
+                    let (id, why) = if client > 1 {
+                        ("echo.stopped-accepting", "the server stopped accepting after its earlier clients: keep accepting in a loop, and don't let one client's end end the server")
                     } else {
-                        "the server does not accept connections"
+                        ("echo.no-accept", "the server does not accept connections")
                     };
                     return Ok(StepOutcome::fail(format!(
                         "client {client}: connect failed: {err}"
                     ))
-                    .cause(why)
+                    .cause_as(id, why)
                     .evidence(Ctx::server_evidence(&mut server)));
                 }
             };
@@ -88,7 +88,7 @@ impl Check for Echo {
                         "client {client}, frame {frame}: sending {} bytes failed: {err}",
                         sent.len()
                     ))
-                    .cause("the server closed or reset the connection before the client finished sending")
+                    .cause_as("echo.closed-while-sending", "the server closed or reset the connection before the client finished sending")
                     .evidence(Ctx::server_evidence(&mut server)));
                 }
                 let (received, ending) = read_exactly(&mut stream, sent.len(), ECHO_TIMEOUT);
@@ -96,14 +96,28 @@ impl Check for Echo {
                     Ending::Complete if received == sent => None,
                     Ending::Complete => Some((
                         "the echo differs from what was sent",
+                        "echo.wrong-bytes",
                         "the server must send back exactly the bytes it received, in order",
                     )),
                     Ending::Eof => Some((
                         "the server closed the connection before echoing everything",
+                        "echo.closed-early",
                         "keep reading and echoing until read() returns 0 (the client closed)",
                     )),
+                    // Nothing came back because nobody took the connection:
+                    // it still waits in the listen queue (no socket file).
+                    Ending::TimedOut
+                        if received.is_empty() && waits_in_accept_queue(&server, &stream) =>
+                    {
+                        Some((
+                            "no complete echo within 5 s",
+                            "echo.never-accepted",
+                            "the server never accepted the connection: it still waits in the listen queue. Call accept() in a loop and serve each connection it returns",
+                        ))
+                    }
                     Ending::TimedOut => Some((
                         "no complete echo within 5 s",
+                        "echo.no-echo",
                         "write back every chunk you read (write_all), right away",
                     )),
                     Ending::Failed(err) => Some((
@@ -112,10 +126,11 @@ impl Check for Echo {
                         } else {
                             "reading the echo failed"
                         },
+                        "echo.reset",
                         "a server must not drop a client it is still echoing to",
                     )),
                 };
-                if let Some((what, cause)) = failure {
+                if let Some((what, id, cause)) = failure {
                     let mut evidence = vec![format!(
                         "sent a frame of {} payload bytes ({} bytes on the wire); got back {} bytes",
                         payload.len(),
@@ -127,7 +142,7 @@ impl Check for Echo {
                     return Ok(StepOutcome::fail(format!(
                         "client {client}, frame {frame}: {what}"
                     ))
-                    .cause(cause)
+                    .cause_as(id, cause)
                     .evidence(evidence));
                 }
                 echoed += 1;
@@ -147,6 +162,18 @@ impl Check for Echo {
             self.clients
         )))
     }
+}
+
+/// Whether the server's end of `stream` is still in the listen queue (a
+/// connection no process has accepted has no socket file: inode 0).
+fn waits_in_accept_queue(server: &crate::server::Server, stream: &TcpStream) -> bool {
+    let Ok(local) = stream.local_addr() else {
+        return false;
+    };
+    let client = std::net::SocketAddr::new(local.ip().to_canonical(), local.port());
+    crate::procfs::tcp_sockets(server.pid)
+        .iter()
+        .any(|socket| socket.remote == client && socket.inode == 0)
 }
 
 /// The first frame of each client is readable text; the rest are seeded

@@ -60,6 +60,8 @@ struct Case {
     /// tests only its own thing: only the pipelined case has more than one
     /// frame in flight.
     rounds: Vec<Round>,
+    /// The cause's id (see `StepOutcome::cause_as`) and its words.
+    cause_id: &'static str,
     cause: &'static str,
 }
 
@@ -106,6 +108,7 @@ impl Frames {
             name: "1 byte per write".into(),
             payloads,
             rounds,
+            cause_id: "frames.split-read",
             cause: "one read() is not one frame: TCP hands over whatever has arrived, here one byte at a time. Loop until all 4 bytes of the length prefix are in, then until all L payload bytes are (read_exact does both)",
         });
 
@@ -131,6 +134,7 @@ impl Frames {
             name: "split length prefix".into(),
             payloads,
             rounds,
+            cause_id: "frames.split-prefix",
             cause: "the 4-byte length prefix can arrive in pieces too: read it with read_exact (or loop) before decoding it, never with a single read()",
         });
 
@@ -141,6 +145,7 @@ impl Frames {
             name: "empty frame".into(),
             payloads,
             rounds,
+            cause_id: "frames.empty-frame",
             cause: "L = 0 is a valid frame: send back its 4 zero bytes and keep reading. Reading 0 payload bytes is not end of file (a read into an empty buffer returns Ok(0) at once)",
         });
 
@@ -164,6 +169,7 @@ impl Frames {
             name: "pipelined in one write".into(),
             payloads,
             rounds,
+            cause_id: "frames.pipelined",
             cause: "several frames can arrive in one read(): echo each one, in order, and keep the bytes after a frame for the next one (a blocking server's read_exact does this for you; a poll server keeps them in the connection's read buffer)",
         });
 
@@ -177,6 +183,7 @@ impl Frames {
             name: format!("{} KiB frame", self.large / 1024),
             payloads,
             rounds,
+            cause_id: "frames.large-frame",
             cause: "a frame of exactly --max-frame bytes (65536 by default) is allowed: size the payload buffer from L, read all of it, and write it all back (write_all)",
         });
         cases
@@ -227,7 +234,10 @@ impl Check for Frames {
                         "{}: connecting to {} failed: {err}",
                         case.name, server.addr
                     ))
-                    .cause("the server stopped accepting connections after the previous case")
+                    .cause_as(
+                        "frames.stopped-accepting",
+                        "the server stopped accepting connections after the previous case",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)))
                 }
             };
@@ -268,7 +278,7 @@ impl Check for Frames {
                 }
                 evidence.extend(Ctx::server_evidence(&mut server));
                 let outcome = StepOutcome::fail(format!("{}: {what}", case.name))
-                    .cause(case.cause)
+                    .cause_as(case.cause_id, case.cause)
                     .evidence(evidence)
                     .figure("frames_echoed", echoed);
                 if received.is_empty() && closed_unechoed {
@@ -288,7 +298,10 @@ impl Check for Frames {
         }
         if let Some(death) = server.death_notice() {
             return Ok(StepOutcome::fail(format!("{death} after the last case"))
-                .cause("the server must keep running after a client leaves")
+                .cause_as(
+                    "frames.died-after-a-client",
+                    "the server must keep running after a client leaves",
+                )
                 .evidence(Ctx::server_evidence(&mut server)));
         }
         Ok(StepOutcome::pass(format!(

@@ -40,6 +40,21 @@ impl Default for Hold {
     }
 }
 
+/// A held connection the server closed or reset.
+const CLOSED_HELD: &str = "hold.closed-held";
+const CLOSED_HELD_CAUSE: &str = "the server closed or reset a connection it should be holding";
+
+/// How a held connection's echo fell short.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// Nothing more came before the deadline.
+    Silent,
+    /// Closed or reset by the server.
+    Closed,
+    /// Bytes other than those sent.
+    Wrong,
+}
+
 /// How reading an expected echo ended.
 pub(super) enum Echoed {
     Complete(Vec<u8>),
@@ -162,7 +177,10 @@ impl Check for Hold {
                         "connection {client} of {}: connect failed: {err}",
                         self.connections
                     ))
-                    .cause("the server stopped accepting while holding the earlier connections")
+                    .cause_as(
+                        "hold.stopped-accepting",
+                        "the server stopped accepting while holding the earlier connections",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)))
                 }
             }
@@ -180,7 +198,7 @@ impl Check for Hold {
                     i + 1,
                     frames[i].len()
                 ))
-                .cause("the server closed or reset a connection it should be holding")
+                .cause_as(CLOSED_HELD, CLOSED_HELD_CAUSE)
                 .evidence(Ctx::server_evidence(&mut server)));
             }
         }
@@ -188,40 +206,53 @@ impl Check for Hold {
         let mut echoed = 0;
         for (i, stream) in held.iter_mut().enumerate() {
             let client = i + 1;
-            let (what, got) = match read_echo(stream, frames[i].len(), deadline) {
+            let (what, got, ending) = match read_echo(stream, frames[i].len(), deadline) {
                 Echoed::Complete(got) if got == frames[i] => {
                     echoed += 1;
                     continue;
                 }
-                Echoed::Complete(got) => {
-                    ("an echo that differs from the frame sent".to_string(), got)
+                Echoed::Complete(got) => (
+                    "an echo that differs from the frame sent".to_string(),
+                    got,
+                    Stop::Wrong,
+                ),
+                Echoed::Eof(got) => (
+                    "EOF: the server closed the connection".to_string(),
+                    got,
+                    Stop::Closed,
+                ),
+                Echoed::TimedOut(got) => ("no complete echo".to_string(), got, Stop::Silent),
+                Echoed::Failed(got, err) => {
+                    (format!("a reset or error ({err})"), got, Stop::Closed)
                 }
-                Echoed::Eof(got) => ("EOF: the server closed the connection".to_string(), got),
-                Echoed::TimedOut(got) => ("no complete echo".to_string(), got),
-                Echoed::Failed(got, err) => (format!("a reset or error ({err})"), got),
             };
-            let served_first = echoed > 0;
-            return Ok(StepOutcome::fail(format!(
+            let failed = StepOutcome::fail(format!(
                 "connection {client} of {}: {what} within {} s while all {} connections were held ({echoed} echoed)",
                 held.len(),
                 self.timeout_secs,
                 held.len()
-            ))
-            .cause(if served_first {
-                "the server serves one client at a time: a blocking read on one connection keeps the others waiting. Make every socket non-blocking and visit all of them in one loop"
-            } else {
-                "no held connection was echoed: the server is probably stuck in a blocking call (accept() waiting for one more client, or read() on one socket). Make the listener and every client socket non-blocking and treat WouldBlock as \"nothing now, go on\""
-            })
-            .evidence(
-                std::iter::once(format!(
-                    "sent {} bytes ({:?}); got back {} bytes",
-                    frames[i].len(),
-                    String::from_utf8_lossy(&frames[i][4..]),
-                    got.len()
-                ))
-                .chain(Ctx::server_evidence(&mut server)),
-            )
-            .figure("echoed_while_held", echoed));
+            ));
+            // What the clients saw says which: one connection served and the
+            // next one waiting is one client at a time; none served, a loop
+            // stuck in a blocking call; a closed one, a connection not kept.
+            let failed = match (ending, echoed) {
+                (Stop::Silent, 0) => failed.cause_as("hold.stuck-in-a-blocking-call", "no held connection was echoed: the server is probably stuck in a blocking call (accept() waiting for one more client, or read() on one socket). Make the listener and every client socket non-blocking and treat WouldBlock as \"nothing now, go on\""),
+                (Stop::Silent, 1) => failed.cause_as("hold.one-at-a-time", "the server serves one client at a time: a blocking read on one connection keeps the others waiting. Make every socket non-blocking and visit all of them in one loop"),
+                (Stop::Silent, _) => failed.cause_as("hold.served-only-some", format!("the server stopped serving after {echoed} of the held connections: every connection it holds must be visited by its loop, however many are open")),
+                (Stop::Closed, _) => failed.cause_as(CLOSED_HELD, CLOSED_HELD_CAUSE),
+                (Stop::Wrong, _) => failed,
+            };
+            return Ok(failed
+                .evidence(
+                    std::iter::once(format!(
+                        "sent {} bytes ({:?}); got back {} bytes",
+                        frames[i].len(),
+                        String::from_utf8_lossy(&frames[i][4..]),
+                        got.len()
+                    ))
+                    .chain(Ctx::server_evidence(&mut server)),
+                )
+                .figure("echoed_while_held", echoed));
         }
         ctx.log
             .detail(format!("{echoed} of {} echoed while all held", held.len()));
@@ -236,7 +267,7 @@ impl Check for Hold {
                     "the server holds {judged} client sockets, but {} connections are open",
                     held.len()
                 ))
-                .cause("every accepted connection must stay open (its socket kept) until the client leaves")
+                .cause_as("hold.sockets-not-kept", "every accepted connection must stay open (its socket kept) until the client leaves")
                 .evidence(Ctx::server_evidence(&mut server)));
             }
             if let Some((fd, flags)) = blocking.first() {
@@ -244,7 +275,7 @@ impl Check for Hold {
                     "{} of {judged} client sockets of the server are blocking (no O_NONBLOCK)",
                     blocking.len()
                 ))
-                .cause("call set_nonblocking(true) on every accepted TcpStream: a blocking read or write on one client can freeze the whole loop")
+                .cause_as("hold.blocking-sockets", "call set_nonblocking(true) on every accepted TcpStream: a blocking read or write on one client can freeze the whole loop")
                 .evidence(
                     std::iter::once(format!(
                         "/proc/{}/fdinfo/{fd}: flags: 0{flags:o} (O_NONBLOCK is 04000)",

@@ -57,7 +57,10 @@ impl Check for IdleCpu {
             else {
                 return Ok(
                     StepOutcome::fail(format!("connection {client}: connect failed"))
-                        .cause("the server stopped accepting connections")
+                        .cause_as(
+                            "idle_cpu.stopped-accepting",
+                            "the server stopped accepting connections",
+                        )
                         .evidence(Ctx::server_evidence(&mut server)),
                 );
             };
@@ -73,7 +76,10 @@ impl Check for IdleCpu {
                     "connection {client}: no echo of a {}-byte frame within 5 s",
                     frame.len()
                 ))
-                .cause("the server must echo each client's frame before it can be watched idle")
+                .cause_as(
+                    "idle_cpu.no-echo",
+                    "the server must echo each client's frame before it can be watched idle",
+                )
                 .evidence(Ctx::server_evidence(&mut server)));
             }
             held.push(stream);
@@ -95,7 +101,10 @@ impl Check for IdleCpu {
         if let Some(death) = server.death_notice() {
             return Ok(
                 StepOutcome::fail("the server died while its connections were idle")
-                    .cause("an idle connection must never end the server")
+                    .cause_as(
+                        "idle_cpu.died",
+                        "an idle connection must never end the server",
+                    )
                     .evidence(std::iter::once(death).chain(server.output_tail(20))),
             );
         }
@@ -105,7 +114,7 @@ impl Check for IdleCpu {
                 window.as_millis(),
                 self.max_cpu_ms
             ))
-            .cause({
+            .cause_as("idle_cpu.spins", {
                 let readiness = ctx.readiness();
                 format!("the event loop spins while nothing happens: wait in {} with no timeout (-1), never 0, and don't ask for {} when there is nothing to write", readiness.wait, readiness.writable)
             })

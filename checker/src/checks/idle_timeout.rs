@@ -74,21 +74,27 @@ fn is_closed(stream: &mut TcpStream) -> bool {
     }
 }
 
-fn echo_once(stream: &mut TcpStream, text: &str) -> std::result::Result<(), String> {
+/// The echo broken with --idle-timeout set (not the timeout's own bug).
+const ECHO_BROKEN: &str = "idle_timeout.echo-broken";
+const ECHO_BROKEN_CAUSE: &str =
+    "with --idle-timeout set, the server must still accept and echo as before";
+
+/// One frame and its echo; `Err((what, closed))` says what went wrong and
+/// whether the server closed (or reset) the connection.
+fn echo_once(stream: &mut TcpStream, text: &str) -> std::result::Result<(), (String, bool)> {
     let frame = stress::frame::encode(text.as_bytes());
     stream
         .write_all(&frame)
-        .map_err(|e| format!("sending failed: {e}"))?;
+        .map_err(|e| (format!("sending failed: {e}"), true))?;
     match read_echo(stream, frame.len(), Instant::now() + Duration::from_secs(2)) {
         Echoed::Complete(got) if got == frame => Ok(()),
-        Echoed::Complete(_) => Err("the echo differs".into()),
-        Echoed::Eof(_) => Err("the server closed the connection".into()),
-        Echoed::TimedOut(got) => Err(format!(
-            "{} of {} bytes echoed within 2 s",
-            got.len(),
-            frame.len()
+        Echoed::Complete(_) => Err(("the echo differs".into(), false)),
+        Echoed::Eof(_) => Err(("the server closed the connection".into(), true)),
+        Echoed::TimedOut(got) => Err((
+            format!("{} of {} bytes echoed within 2 s", got.len(), frame.len()),
+            false,
         )),
-        Echoed::Failed(_, err) => Err(format!("the connection failed: {err}")),
+        Echoed::Failed(_, err) => Err((format!("the connection failed: {err}"), true)),
     }
 }
 
@@ -124,7 +130,7 @@ impl Check for IdleTimeout {
             let mut active = connect("active client")?;
             let _ = active.set_nodelay(true);
             echo_once(&mut active, "active client, frame 0")
-                .map_err(|e| format!("active client, frame 0: {e}"))?;
+                .map_err(|(e, _)| format!("active client, frame 0: {e}"))?;
             let mut idlers = Vec::new();
             for n in 1..=self.idle_clients {
                 let name = format!("silent client {n}");
@@ -139,7 +145,7 @@ impl Check for IdleTimeout {
             let name = "client quiet after one echo".to_string();
             let mut stream = connect(&name)?;
             echo_once(&mut stream, "one frame, then silence")
-                .map_err(|e| format!("{name}: {e}"))?;
+                .map_err(|(e, _)| format!("{name}: {e}"))?;
             idlers.push(Idler {
                 name,
                 stream,
@@ -154,15 +160,14 @@ impl Check for IdleTimeout {
             }
             Ok((active, idlers))
         })();
-        let (mut active, mut idlers) =
-            match setup {
-                Ok(clients) => clients,
-                Err(what) => return Ok(StepOutcome::fail(what)
-                    .cause(
-                        "with --idle-timeout set, the server must still accept and echo as before",
-                    )
-                    .evidence(Ctx::server_evidence(&mut server))),
-            };
+        let (mut active, mut idlers) = match setup {
+            Ok(clients) => clients,
+            Err(what) => {
+                return Ok(StepOutcome::fail(what)
+                    .cause_as(ECHO_BROKEN, ECHO_BROKEN_CAUSE)
+                    .evidence(Ctx::server_evidence(&mut server)))
+            }
+        };
         ctx.log.detail(format!(
             "1 active client, {} idle clients connected; watching for {} s",
             idlers.len(),
@@ -172,7 +177,10 @@ impl Check for IdleTimeout {
         let Ok(cpu_before) = procfs::cpu_time(server.pid) else {
             return Ok(
                 StepOutcome::fail("the server exited while its clients were connecting")
-                    .cause("with --idle-timeout set, the server must keep running and serving")
+                    .cause_as(
+                        "idle_timeout.died-while-connecting",
+                        "with --idle-timeout set, the server must keep running and serving",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)),
             );
         };
@@ -187,12 +195,16 @@ impl Check for IdleTimeout {
         while started.elapsed() < window {
             let now = Instant::now();
             if now >= next_frame && started.elapsed() < Duration::from_secs(self.active_secs) {
-                if let Err(what) = echo_once(&mut active, &format!("active client, frame {frames}"))
+                if let Err((what, closed)) =
+                    echo_once(&mut active, &format!("active client, frame {frames}"))
                 {
-                    active_failure = Some(format!(
-                        "active client, frame {frames} ({:.1} s in, one frame every {} ms): {what}",
-                        started.elapsed().as_secs_f64(),
-                        self.active_interval_ms
+                    active_failure = Some((
+                        format!(
+                            "active client, frame {frames} ({:.1} s in, one frame every {} ms): {what}",
+                            started.elapsed().as_secs_f64(),
+                            self.active_interval_ms
+                        ),
+                        closed,
                     ));
                     break;
                 }
@@ -243,14 +255,23 @@ impl Check for IdleTimeout {
         if let Some(death) = server.death_notice() {
             return Ok(
                 StepOutcome::fail(format!("the server died while clients idled: {death}"))
-                    .cause("closing an idle client must never end the server")
+                    .cause_as(
+                        "idle_timeout.died",
+                        "closing an idle client must never end the server",
+                    )
                     .evidence(evidence(&mut server)),
             );
         }
-        if let Some(what) = active_failure {
-            return Ok(StepOutcome::fail(what)
-                .cause("a client that sends every 500 ms is never idle for --idle-timeout: reset its deadline (last_active = now) whenever bytes move on it, and measure idleness from there, not from its connect")
-                .evidence(evidence(&mut server)));
+        // Closed although it sent every 500 ms: timed out as if idle. An
+        // echo that is only wrong or late is not that.
+        if let Some((what, closed)) = active_failure {
+            let failed = StepOutcome::fail(what);
+            let failed = if closed {
+                failed.cause_as("idle_timeout.active-client-closed", "a client that sends every 500 ms is never idle for --idle-timeout: reset its deadline (last_active = now) whenever bytes move on it, and measure idleness from there, not from its connect")
+            } else {
+                failed.cause_as(ECHO_BROKEN, ECHO_BROKEN_CAUSE)
+            };
+            return Ok(failed.evidence(evidence(&mut server)));
         }
         if let Some(early) = idlers.iter().find(|i| {
             i.closed_after
@@ -262,7 +283,7 @@ impl Check for IdleTimeout {
                 early.closed_after.unwrap_or_default().as_millis(),
                 self.idle_timeout_secs
             ))
-            .cause("an idle client must be given the whole --idle-timeout (in seconds) before it is closed")
+            .cause_as("idle_timeout.closed-too-early", "an idle client must be given the whole --idle-timeout (in seconds) before it is closed")
             .evidence(evidence(&mut server)));
         }
         if let Some(open) = idlers.iter().find(|i| i.closed_after.is_none()) {
@@ -273,7 +294,7 @@ impl Check for IdleTimeout {
                 self.idle_timeout_secs,
                 self.max_close_ms
             ))
-            .cause("idle clients are not closed in time: poll() must wake at the nearest deadline (its timeout = the time left until the earliest last_active + idle-timeout), and each wake-up must close every connection whose deadline has passed")
+            .cause_as("idle_timeout.not-closed", "idle clients are not closed in time: poll() must wake at the nearest deadline (its timeout = the time left until the earliest last_active + idle-timeout), and each wake-up must close every connection whose deadline has passed")
             .evidence(evidence(&mut server)));
         }
         let cpu_ms = cpu.as_millis();
@@ -284,7 +305,7 @@ impl Check for IdleTimeout {
                 self.active_interval_ms,
                 self.max_cpu_ms
             ))
-            .cause("the loop spins while waiting for deadlines: give poll() the time left until the nearest deadline (rounded up to a whole millisecond), never 0, and -1 when no client can time out")
+            .cause_as("idle_timeout.spins", "the loop spins while waiting for deadlines: give poll() the time left until the nearest deadline (rounded up to a whole millisecond), never 0, and -1 when no client can time out")
             .evidence(evidence(&mut server))
             .figure("idle_timeout_cpu_ms", cpu_ms));
         }

@@ -25,6 +25,7 @@ mod build;
 mod burst;
 mod c10k;
 mod capacity;
+pub mod causes;
 mod client;
 mod concurrency;
 mod connect_burst;

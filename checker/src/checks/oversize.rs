@@ -93,7 +93,10 @@ impl Check for Oversize {
                 "a frame of exactly --max-frame ({limit}) bytes was not echoed (the read {})",
                 exchange.ending.describe()
             ))
-            .cause("the limit is inclusive: reject L > max_frame, accept L == max_frame")
+            .cause_as(
+                "oversize.limit-exclusive",
+                "the limit is inclusive: reject L > max_frame, accept L == max_frame",
+            )
             .evidence(evidence));
         }
 
@@ -126,7 +129,7 @@ impl Check for Oversize {
                 "the server echoed {} bytes of a frame declaring {over} bytes (over --max-frame {limit})",
                 received.len()
             ))
-            .cause("check L against --max-frame right after reading the length prefix, before reading the payload: over the limit, log it and close the connection without replying")
+            .cause_as("oversize.echoed", "check L against --max-frame right after reading the length prefix, before reading the payload: over the limit, log it and close the connection without replying")
             .evidence(evidence));
         }
         if !ending.is_closed() {
@@ -141,7 +144,7 @@ impl Check for Oversize {
                 ),
             };
             return Ok(StepOutcome::fail(what)
-                .cause("an oversize length must close that connection: return an error from read_frame (ErrorKind::InvalidData), log it, and drop the stream")
+                .cause_as("oversize.not-closed", "an oversize length must close that connection: return an error from read_frame (ErrorKind::InvalidData), log it, and drop the stream")
                 .evidence(Ctx::server_evidence(&mut server)));
         }
         ctx.log.detail(format!(
@@ -160,7 +163,7 @@ impl Check for Oversize {
             return Ok(StepOutcome::fail(
                 "the connection was closed, but the server wrote nothing to stderr about it",
             )
-            .cause("log the rejected frame with eprintln! (its length and the limit): an operator needs to see why a client was dropped")
+            .cause_as("oversize.not-logged", "log the rejected frame with eprintln! (its length and the limit): an operator needs to see why a client was dropped")
             .evidence(Ctx::server_evidence(&mut server)));
         }
         ctx.log.detail(format!("[server:stderr] {}", logged[0]));
@@ -186,7 +189,10 @@ impl Check for Oversize {
                 "after the oversize frame, the next client was not echoed (the read {})",
                 exchange.ending.describe()
             ))
-            .cause("rejecting one client's frame must leave the server serving everyone else")
+            .cause_as(
+                "oversize.next-client-unserved",
+                "rejecting one client's frame must leave the server serving everyone else",
+            )
             .evidence(evidence));
         }
         Ok(StepOutcome::pass(format!(
@@ -201,6 +207,9 @@ impl Check for Oversize {
 
 fn connect_failed(server: &mut Server, who: &str, err: std::io::Error) -> StepOutcome {
     StepOutcome::fail(format!("{who} could not connect to {}: {err}", server.addr))
-        .cause("the server must keep accepting connections")
+        .cause_as(
+            "oversize.stopped-accepting",
+            "the server must keep accepting connections",
+        )
         .evidence(Ctx::server_evidence(server))
 }

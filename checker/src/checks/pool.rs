@@ -213,7 +213,7 @@ impl Check for Pool {
                 most_at_once.max(held_at_once),
                 self.workers
             )))
-            .cause(format!(
+            .cause_as("pool.too-many-at-once", format!(
                 "at most N = {} clients may be served at once: start exactly --workers threads once, and have the accept loop hand each connection to them (a channel) instead of spawning a thread per client",
                 self.workers
             ))
@@ -225,7 +225,10 @@ impl Check for Pool {
             return Ok(figures(StepOutcome::fail(format!(
                 "client {client}: the echo differs from what was sent"
             )))
-            .cause("a worker must echo exactly the frames its client sent")
+            .cause_as(
+                "pool.wrong-echo",
+                "a worker must echo exactly the frames its client sent",
+            )
             .evidence(evidence));
         }
         if !lost.is_empty() {
@@ -239,16 +242,28 @@ impl Check for Pool {
                 lost.len(),
                 self.clients
             )))
-            .cause("a client that arrives while every worker is busy must wait in the queue (an unbounded channel, or the accept backlog) and be served when a worker frees, never be dropped")
+            .cause_as("pool.clients-lost", "a client that arrives while every worker is busy must wait in the queue (an unbounded channel, or the accept backlog) and be served when a worker frees, never be dropped")
             .evidence(evidence));
         }
         if held_at_once < self.workers {
-            return Ok(figures(StepOutcome::fail(format!(
+            let failed = figures(StepOutcome::fail(format!(
                 "only {held_at_once} clients were served at once with --workers {} and {} clients waiting",
                 self.workers, self.clients
-            )))
-            .cause("the pool should run exactly --workers threads, each serving one client: read the flag and start that many")
-            .evidence(Ctx::server_evidence(&mut server)));
+            )));
+            // Read from the threads it runs: too few workers, or enough
+            // of them with one serving everyone (a lock held while serving).
+            let failed = match threads {
+                Some(threads) if threads > self.workers => {
+                    if held_at_once == 1 {
+                        let (id, cause) = diagnosis::one_served_at_a_time(threads);
+                        failed.cause_as(id, cause)
+                    } else {
+                        failed
+                    }
+                }
+                _ => failed.cause_as("pool.too-few-workers", "the pool should run exactly --workers threads, each serving one client: read the flag and start that many"),
+            };
+            return Ok(failed.evidence(Ctx::server_evidence(&mut server)));
         }
         if !starved.is_empty() {
             let mut evidence: Vec<String> = starved.iter().take(5).cloned().collect();
@@ -262,13 +277,13 @@ impl Check for Pool {
                 self.clients,
                 self.timeout_secs
             )))
-            .cause("when a client leaves, its worker must go back to the queue for the next one: a worker that ends, or a queue nobody reads, starves the rest")
+            .cause_as("pool.workers-not-reused", "when a client leaves, its worker must go back to the queue for the next one: a worker that ends, or a queue nobody reads, starves the rest")
             .evidence(evidence));
         }
         if let Some(death) = server.death_notice() {
             return Ok(
                 figures(StepOutcome::fail(format!("{death} during the pool step")))
-                    .cause("the server must keep running")
+                    .cause_as("pool.died", "the server must keep running")
                     .evidence(Ctx::server_evidence(&mut server)),
             );
         }

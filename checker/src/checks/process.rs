@@ -70,7 +70,10 @@ impl Check for Process {
         }
         if let Some(death) = server.death_notice() {
             return Ok(StepOutcome::fail("the server died while clients connected")
-                .cause("a client's connection must never end the server")
+                .cause_as(
+                    "process.died",
+                    "a client's connection must never end the server",
+                )
                 .evidence(std::iter::once(death).chain(server.output_tail(20))));
         }
         let threads = procfs::threads(server.pid)?;
@@ -86,11 +89,18 @@ impl Check for Process {
                 held.len(),
                 self.threads
             ))
-            .cause(if threads > self.threads {
-                "this lesson's server runs every connection on one thread: no thread::spawn, no thread pool; one loop serves all sockets"
-            } else {
-                "the server runs fewer threads than the lesson asks for"
-            })
+            .cause_as(
+                if threads > self.threads {
+                    "process.extra-threads"
+                } else {
+                    "process.too-few-threads"
+                },
+                if threads > self.threads {
+                    "this lesson's server runs every connection on one thread: no thread::spawn, no thread pool; one loop serves all sockets"
+                } else {
+                    "the server runs fewer threads than the lesson asks for"
+                },
+            )
             .evidence(
                 std::iter::once(format!("/proc/{}/status: Threads: {threads}", server.pid))
                     .chain(Ctx::server_evidence(&mut server)),
@@ -104,7 +114,10 @@ impl Check for Process {
                 children.len(),
                 pids.join(", ")
             ))
-            .cause("one process serves every connection: no fork, no child processes")
+            .cause_as(
+                "process.child-processes",
+                "one process serves every connection: no fork, no child processes",
+            )
             .evidence(Ctx::server_evidence(&mut server)));
         }
         Ok(StepOutcome::pass(format!(

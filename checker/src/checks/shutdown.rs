@@ -41,6 +41,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -120,11 +121,23 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 const READ_MARGIN: Duration = Duration::from_millis(3000);
 
 /// The cause when the shutdown lines are missing or out of order.
+const LINES: &str = "shutdown.lines-missing";
 const LINES_CAUSE: &str = "print, in this order: `Received SIGINT, shutting down...` (or SIGTERM), `Closing N connections...`, `All connections closed.`, `Final stats: N requests served, E errors`";
 
 /// The cause when a connection ended with a reset although nothing was
 /// left unread in it.
+const RESET: &str = "shutdown.reset-on-close";
 const RESET_CAUSE: &str = "close each connection in order: after the last byte, shutdown(Write) and close with nothing unread in the socket; SO_LINGER 0 or unread input makes close() send a reset (RST) instead of EOF";
+
+/// A server that stopped taking connections before the signal.
+const STOPPED_ACCEPTING: &str = "shutdown.stopped-accepting";
+const STOPPED_ACCEPTING_CAUSE: &str = "the server stopped accepting before the signal was sent";
+
+/// A server that kept reading nobody before the signal.
+const STOPPED_READING: &str = "shutdown.stopped-reading-before-the-signal";
+
+/// A client that never reads held the exit past the grace bound.
+const NO_GRACE_BOUND: &str = "shutdown.no-grace-bound";
 
 /// How one connection's reading ended.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -289,7 +302,7 @@ impl Shutdown {
             return Ok(Err(StepOutcome::fail(format!(
                 "{unsent} connections could not send their frames before the signal"
             ))
-            .cause("the server must read every client's frames while their echoes are not read yet: keep the echoes in the connection's output buffer")
+            .cause_as(STOPPED_READING, "the server must read every client's frames while their echoes are not read yet: keep the echoes in the connection's output buffer")
             .evidence(Ctx::server_evidence(&mut server))));
         }
         ctx.log.detail(format!(
@@ -318,7 +331,7 @@ impl Shutdown {
         };
 
         // 1. The exit: status 0, in time.
-        let exit_ms = match exit_verdict(exit, signalled, self.exit_within_ms, name) {
+        let exit_ms = match exit_verdict(exit, signalled, self.exit_within_ms, signal, name) {
             Ok(ms) => ms,
             Err(failed) => return Ok(Err(failed.evidence(quoted(&mut server)))),
         };
@@ -332,7 +345,7 @@ impl Shutdown {
                 held.len(),
                 tally.lost
             ))
-            .cause(RESET_CAUSE)
+            .cause_as(RESET, RESET_CAUSE)
             .evidence(quoted(&mut server))
             .figure("resets", tally.resets)));
         }
@@ -344,7 +357,7 @@ impl Shutdown {
                 expected[first].len(),
                 readings[first].bytes.len()
             ))
-            .cause("echoes still pending at the signal were lost: before closing, write out every connection's pending output (EPOLLOUT until the buffer is empty) instead of exiting at once")
+            .cause_as("shutdown.pending-echoes-lost", "echoes still pending at the signal were lost: before closing, write out every connection's pending output (EPOLLOUT until the buffer is empty) instead of exiting at once")
             .evidence(quoted(&mut server))
             .figure("lost", tally.lost)));
         }
@@ -353,7 +366,7 @@ impl Shutdown {
             Ok(lines) => lines,
             Err(message) => {
                 return Ok(Err(StepOutcome::fail(message)
-                    .cause(LINES_CAUSE)
+                    .cause_as(LINES, LINES_CAUSE)
                     .evidence(quoted(&mut server))))
             }
         };
@@ -410,7 +423,7 @@ impl Shutdown {
                 return Ok(Err(StepOutcome::fail(format!(
                     "connection {i} of {count}: {what} of its first frame, before any signal"
                 ))
-                .cause("every connection must be served while the server runs; the shutdown comes after")
+                .cause_as("shutdown.unserved-before-the-signal", "every connection must be served while the server runs; the shutdown comes after")
                 .evidence(Ctx::server_evidence(&mut server))));
             }
         }
@@ -491,13 +504,13 @@ impl Shutdown {
             ))
             .chain(Ctx::server_evidence(server))
         };
-        let exit_ms = match exit_verdict(exit, resumed, self.exit_within_ms, name) {
+        let exit_ms = match exit_verdict(exit, resumed, self.exit_within_ms, signal, name) {
             Ok(ms) => ms,
             Err(failed) => {
                 // Stopped and continued, the loop saw one thing more than
                 // in case 1: Linux ends a pending epoll_wait with EINTR.
                 let failed = match exit {
-                    Some((_, status)) if !status.success() => failed.cause(format!(
+                    Some((_, status)) if !status.success() => failed.cause_as("shutdown.eintr-ends-the-loop", format!(
                         "case 1 ended with exit status 0; here the server was stopped (SIGSTOP) and continued (SIGCONT), after which Linux makes epoll_wait fail with EINTR even without a signal handler: treat EINTR as \"wait again\", not as an error that ends the loop, and still read {name} from the signalfd"
                     )),
                     _ => failed,
@@ -517,7 +530,7 @@ impl Shutdown {
                 tally.lost - lost_before,
                 tally.resets
             ))
-            .cause("on the signal, read every connection once more before closing it: bytes already in its socket are frames the client sent, owed an echo; and close() on a socket with unread input sends a reset (RST) instead of EOF")
+            .cause_as("shutdown.unread-input-lost", "on the signal, read every connection once more before closing it: bytes already in its socket are frames the client sent, owed an echo; and close() on a socket with unread input sends a reset (RST) instead of EOF")
             .evidence(quoted(&mut server))
             .figure("lost", tally.lost)
             .figure("resets", tally.resets)));
@@ -527,7 +540,7 @@ impl Shutdown {
                 "every echo came back, but {} connections ended with a reset and {} were never closed, of {count}",
                 tally.resets, tally.unclosed
             ))
-            .cause(RESET_CAUSE)
+            .cause_as(RESET, RESET_CAUSE)
             .evidence(quoted(&mut server))
             .figure("resets", tally.resets)));
         }
@@ -535,7 +548,7 @@ impl Shutdown {
             Ok(lines) => lines,
             Err(message) => {
                 return Ok(Err(StepOutcome::fail(message)
-                    .cause(LINES_CAUSE)
+                    .cause_as(LINES, LINES_CAUSE)
                     .evidence(quoted(&mut server))))
             }
         };
@@ -582,7 +595,7 @@ impl Shutdown {
                     return Ok(Err(StepOutcome::fail(format!(
                         "client {client} of {stalled_count} that would never read: connect failed: {err}"
                     ))
-                    .cause("the server stopped accepting before the signal was sent")
+                    .cause_as(STOPPED_ACCEPTING, STOPPED_ACCEPTING_CAUSE)
                     .evidence(Ctx::server_evidence(&mut server))))
                 }
             }
@@ -596,7 +609,7 @@ impl Shutdown {
                 return Ok(Err(StepOutcome::fail(
                     "a client could not send its frame before the signal",
                 )
-                .cause("the server must keep reading every client")
+                .cause_as(STOPPED_READING, "the server must keep reading every client")
                 .evidence(Ctx::server_evidence(&mut server))));
             }
         }
@@ -683,7 +696,7 @@ impl Shutdown {
                     "{prefix}the server was still running {} ms after {name}, held by {stalled_count} clients that never read their echoes",
                     signalled.elapsed().as_millis()
                 ))
-                .cause(grace_cause)
+                .cause_as(NO_GRACE_BOUND, grace_cause.clone())
                 .evidence(quoted(&mut server))))
             }
             Some((at, status)) => {
@@ -693,7 +706,7 @@ impl Shutdown {
                         "{prefix}the server ended ({}) after {name}, not with exit status 0",
                         describe_status(status)
                     ))
-                    .cause(format!("{name} must end the server in order, with exit status 0, even while clients do not read"))
+                    .cause_as("shutdown.exit-status-with-non-readers", format!("{name} must end the server in order, with exit status 0, even while clients do not read"))
                     .evidence(quoted(&mut server))));
                 }
                 if after > Duration::from_millis(self.exit_within_ms) {
@@ -702,7 +715,7 @@ impl Shutdown {
                         after.as_millis(),
                         self.exit_within_ms
                     ))
-                    .cause(grace_cause)
+                    .cause_as(NO_GRACE_BOUND, grace_cause.clone())
                     .evidence(quoted(&mut server))));
                 }
                 after.as_millis()
@@ -717,13 +730,13 @@ impl Shutdown {
                     "after a second {name} during the shutdown the server used {cpu_ms} ms of CPU in the {window_ms} ms until its exit (bound {} ms; the same shutdown with one signal stayed under it): its loop spins",
                     self.max_cpu_ms
                 ))
-                .cause("a signal nobody reads keeps the signalfd (or self-pipe) readable, so a level-triggered epoll_wait returns at once, again and again: read it until EAGAIN every time it is readable, or remove it from epoll once the shutdown has begun")
+                .cause_as("shutdown.second-signal-spins", "a signal nobody reads keeps the signalfd (or self-pipe) readable, so a level-triggered epoll_wait returns at once, again and again: read it until EAGAIN every time it is readable, or remove it from epoll once the shutdown has begun")
             } else {
                 StepOutcome::fail(format!(
                     "while {stalled_count} clients that never read held the shutdown, the server used {cpu_ms} ms of CPU in the {window_ms} ms from {name} to its exit (bound {} ms): it does not sleep while it waits",
                     self.max_cpu_ms
                 ))
-                .cause("while output is pending, sleep in epoll_wait until a socket is writable or the grace period ends (a timeout computed from the deadline), instead of polling with a zero timeout")
+                .cause_as("shutdown.polls-while-pending", "while output is pending, sleep in epoll_wait until a socket is writable or the grace period ends (a timeout computed from the deadline), instead of polling with a zero timeout")
             };
             return Ok(Err(failed
                 .evidence(quoted(&mut server))
@@ -736,7 +749,7 @@ impl Shutdown {
                 "{prefix}of the {readers_count} clients that read, {} did not get their echo back, {} ended with a reset and {} were never closed, while {stalled_count} clients that never read held the shutdown",
                 tally.lost, tally.resets, tally.unclosed
             ))
-            .cause("a client that never reads concerns only its own connection: every other one gets its echoes, then an orderly close (shutdown(Write), then close, nothing unread in the socket)")
+            .cause_as("shutdown.others-held-by-a-non-reader", "a client that never reads concerns only its own connection: every other one gets its echoes, then an orderly close (shutdown(Write), then close, nothing unread in the socket)")
             .evidence(quoted(&mut server))));
         }
         let last_eof_ms = readings
@@ -750,7 +763,7 @@ impl Shutdown {
                 "{prefix}the {readers_count} clients that read had their echo at once but saw EOF only up to {last_eof_ms} ms after {name} (bound {} ms; the server exited after {exit_ms} ms), while {stalled_count} clients that never read held the shutdown",
                 self.eof_within_ms
             ))
-            .cause("close each connection as soon as its last echo is written (shutdown(Write), then close): a client that never reads must not delay everyone else's EOF until the grace period ends")
+            .cause_as("shutdown.closes-late", "close each connection as soon as its last echo is written (shutdown(Write), then close): a client that never reads must not delay everyone else's EOF until the grace period ends")
             .evidence(quoted(&mut server))
             .figure("last_eof_ms", last_eof_ms)));
         }
@@ -759,7 +772,7 @@ impl Shutdown {
             Ok(lines) => lines,
             Err(message) => {
                 return Ok(Err(StepOutcome::fail(format!("{prefix}{message}"))
-                    .cause(LINES_CAUSE)
+                    .cause_as(LINES, LINES_CAUSE)
                     .evidence(quoted(&mut server))))
             }
         };
@@ -820,7 +833,7 @@ fn connect_all(
                 return Err(StepOutcome::fail(format!(
                     "connection {client} of {count}: connect failed: {err}"
                 ))
-                .cause("the server stopped accepting before the signal was sent")
+                .cause_as(STOPPED_ACCEPTING, STOPPED_ACCEPTING_CAUSE)
                 .evidence(Ctx::server_evidence(server)))
             }
         }
@@ -833,7 +846,10 @@ fn died_before_the_signal(server: &mut Server) -> Option<StepOutcome> {
     let death = server.death_notice()?;
     Some(
         StepOutcome::fail("the server died before the signal was sent")
-            .cause("clients that do not read their echoes must never end the server")
+            .cause_as(
+                "shutdown.died-before-the-signal",
+                "clients that do not read their echoes must never end the server",
+            )
             .evidence(std::iter::once(death).chain(server.output_tail(20))),
     )
 }
@@ -847,12 +863,13 @@ fn stdout_lines(server: &Server, mark: u64) -> Vec<String> {
         .collect()
 }
 
-/// The exit's verdict: status 0 within `bound_ms` of `from`, else the
-/// failure (its evidence still to add).
+/// The exit's verdict: status 0 within `bound_ms` of `from` (`signal`,
+/// called `name`, was sent), else the failure (its evidence still to add).
 fn exit_verdict(
     exit: Option<(Instant, ExitStatus)>,
     from: Instant,
     bound_ms: u64,
+    signal: Signal,
     name: &str,
 ) -> std::result::Result<u128, StepOutcome> {
     match exit {
@@ -860,22 +877,27 @@ fn exit_verdict(
             "the server was still running {} ms after {name}",
             from.elapsed().as_millis()
         ))
-        .cause(format!("{name} must end the server within {bound_ms} ms: read it from a signalfd (or a self-pipe) registered with epoll, then flush, close and return from main"))),
+        .cause_as("shutdown.signal-not-handled", format!("{name} must end the server within {bound_ms} ms: read it from a signalfd (or a self-pipe) registered with epoll, then flush, close and return from main"))),
         Some((at, status)) => {
             let after = at.duration_since(from);
             if !status.success() {
-                return Err(StepOutcome::fail(format!(
+                let failed = StepOutcome::fail(format!(
                     "the server ended ({}) after {name}, not with exit status 0",
                     describe_status(status)
-                ))
-                .cause(format!("without a handler {name} kills the process on the spot: block it and read it from a signalfd, shut down in order, and return from main with status 0")));
+                ));
+                // Killed by the very signal sent: nothing handled it.
+                return Err(if status.signal() == Some(signal as i32) {
+                    failed.cause_as("shutdown.no-signal-handler", format!("without a handler {name} kills the process on the spot: block it and read it from a signalfd, shut down in order, and return from main with status 0"))
+                } else {
+                    failed.cause_as("shutdown.exit-status", format!("{name} must end the server with exit status 0: it ended otherwise (an error returned from main, or a crash); read its last output below"))
+                });
             }
             if after > Duration::from_millis(bound_ms) {
                 return Err(StepOutcome::fail(format!(
                     "the server exited {} ms after {name} (bound {bound_ms} ms)",
                     after.as_millis()
                 ))
-                .cause("shutting down must be quick: flush what is pending while the clients read, and give up on a client that does not read after a grace period"));
+                .cause_as("shutdown.exit-slow", "shutting down must be quick: flush what is pending while the clients read, and give up on a client that does not read after a grace period"));
             }
             Ok(after.as_millis())
         }
@@ -929,7 +951,7 @@ impl Lines {
                 "the server says `Closing {} connections...` while the checker held {connections} open",
                 self.closing
             ))
-            .cause("N is the number of connections open when the signal arrived"));
+            .cause_as("shutdown.closing-count", "N is the number of connections open when the signal arrived"));
         }
         if let Some(frames) = frames {
             if self.served != frames {
@@ -937,7 +959,7 @@ impl Lines {
                     "the server says {} requests served; the checker sent {frames} frames, each echoed",
                     self.served
                 ))
-                .cause("count one request per frame echoed, over the server's whole life, including the frames echoed during the shutdown"));
+                .cause_as("shutdown.requests-count", "count one request per frame echoed, over the server's whole life, including the frames echoed during the shutdown"));
             }
         }
         if self.errors != errors {
@@ -945,7 +967,7 @@ impl Lines {
                 "the server says `Final stats: {} requests served, {} errors` after {name}, not {errors} errors: {why}",
                 self.served, self.errors
             ))
-            .cause("E counts the connections closed because of a failure: an I/O error (a reset, a broken pipe), a frame over --max-frame, or output still unsent when the grace period ended; a connection that got all its echoes and EOF is not one"));
+            .cause_as("shutdown.errors-count", "E counts the connections closed because of a failure: an I/O error (a reset, a broken pipe), a frame over --max-frame, or output still unsent when the grace period ended; a connection that got all its echoes and EOF is not one"));
         }
         Ok(())
     }

@@ -81,7 +81,10 @@ impl Check for SlowReader {
             Err(err) => {
                 return Ok(
                     StepOutcome::fail(format!("slow client: connect failed: {err}"))
-                        .cause("the server does not accept connections")
+                        .cause_as(
+                            "slow_reader.no-accept",
+                            "the server does not accept connections",
+                        )
                         .evidence(Ctx::server_evidence(&mut server)),
                 )
             }
@@ -111,7 +114,10 @@ impl Check for SlowReader {
                     return Ok(StepOutcome::fail(format!(
                     "client {client}: connect failed while the slow client was not reading: {err}"
                 ))
-                    .cause("the server stopped accepting while one client's echoes were backed up")
+                    .cause_as(
+                        "slow_reader.stopped-accepting",
+                        "the server stopped accepting while one client's echoes were backed up",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)));
                 }
             };
@@ -129,16 +135,23 @@ impl Check for SlowReader {
                 };
                 match outcome {
                     Echoed::Complete(got) if got == sent => echoed += 1,
-                    _ => {
+                    other => {
                         if let Some(died) = died_meanwhile(&mut server, &readiness) {
                             return Ok(died.figure("echoed_meanwhile", echoed));
                         }
-                        return Ok(StepOutcome::fail(format!(
+                        let failed = StepOutcome::fail(format!(
                             "client {client}, frame {frame}: no exact echo within 5 s while another client was not reading its echoes"
-                        ))
-                        .cause(format!("the server blocks writing to a client that does not read, and serves no one else meanwhile: keep the unsent bytes in that connection's write buffer and go back to {}", readiness.wait))
-                        .evidence(Ctx::server_evidence(&mut server))
-                        .figure("echoed_meanwhile", echoed));
+                        ));
+                        // Blocked in a write to the slow client, the server
+                        // answers nobody: a wrong or cut echo is not that.
+                        let failed = if matches!(other, Echoed::TimedOut(_)) {
+                            failed.cause_as("slow_reader.blocks-on-write", format!("the server blocks writing to a client that does not read, and serves no one else meanwhile: keep the unsent bytes in that connection's write buffer and go back to {}", readiness.wait))
+                        } else {
+                            failed
+                        };
+                        return Ok(failed
+                            .evidence(Ctx::server_evidence(&mut server))
+                            .figure("echoed_meanwhile", echoed));
                     }
                 }
             }
@@ -157,6 +170,7 @@ impl Check for SlowReader {
             Ok(result) => result.err().map(|e| e.to_string()),
             Err(_) => Some("the sending thread panicked".into()),
         };
+        let timed_out = matches!(outcome, Echoed::TimedOut(_));
         let (what, got) = match outcome {
             Echoed::Complete(got) if got == wire => (None, got),
             Echoed::Complete(got) => (Some("the echo differs from what was sent".to_string()), got),
@@ -203,8 +217,18 @@ impl Check for SlowReader {
                 evidence.push(format!("sending stopped: {err}"));
             }
             evidence.extend(Ctx::server_evidence(&mut server));
+            // Bytes missing from the middle were dropped; an echo that is
+            // right so far but stops, with the connection open, waits in
+            // a buffer nobody flushes; a close cut it short.
+            let id = if first_diff.is_some() {
+                "slow_reader.bytes-lost"
+            } else if timed_out {
+                "slow_reader.echo-stalled"
+            } else {
+                "slow_reader.closed-early"
+            };
             return Ok(StepOutcome::fail(format!("slow client: {what}"))
-                .cause(format!("when the client is not reading, write() takes only part of the bytes or says WouldBlock: keep whatever it did not take in the connection's write buffer, in order, ask {} for {} while that buffer is not empty, and never close the client for WouldBlock", readiness.wait, readiness.writable))
+                .cause_as(id, format!("when the client is not reading, write() takes only part of the bytes or says WouldBlock: keep whatever it did not take in the connection's write buffer, in order, ask {} for {} while that buffer is not empty, and never close the client for WouldBlock", readiness.wait, readiness.writable))
                 .evidence(evidence));
         }
         Ok(StepOutcome::pass(format!(
@@ -230,7 +254,7 @@ fn died_meanwhile(server: &mut Server, readiness: &Readiness) -> Option<StepOutc
     let death = server.death_notice_within(super::DEATH_GRACE)?;
     Some(
         StepOutcome::fail(format!("{death} while the slow client was not reading"))
-            .cause(format!("a client that does not read must not end the server: when write() takes only part of the bytes or says WouldBlock, keep the rest in that connection's write buffer and go back to {}", readiness.wait))
+            .cause_as("slow_reader.died", format!("a client that does not read must not end the server: when write() takes only part of the bytes or says WouldBlock, keep the rest in that connection's write buffer and go back to {}", readiness.wait))
             .evidence(Ctx::server_evidence(server)),
     )
 }

@@ -66,7 +66,10 @@ impl Check for StalledClient {
             Err(err) => {
                 return Ok(
                     StepOutcome::fail(format!("stalled client: connect failed: {err}"))
-                        .cause("the server does not accept connections")
+                        .cause_as(
+                            "stalled_client.no-accept",
+                            "the server does not accept connections",
+                        )
                         .evidence(Ctx::server_evidence(&mut server)),
                 )
             }
@@ -74,7 +77,10 @@ impl Check for StalledClient {
         if let Err(err) = staller.write_all(&whole[..half]) {
             return Ok(
                 StepOutcome::fail(format!("stalled client: sending failed: {err}"))
-                    .cause("the server closed the connection on half a frame")
+                    .cause_as(
+                        "stalled_client.closed-on-half-a-frame",
+                        "the server closed the connection on half a frame",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)),
             );
         }
@@ -92,7 +98,10 @@ impl Check for StalledClient {
                     return Ok(StepOutcome::fail(format!(
                         "client {client}: connect failed while a client was stalled: {err}"
                     ))
-                    .cause("the server stopped accepting while one client was silent mid-frame")
+                    .cause_as(
+                        "stalled_client.stopped-accepting",
+                        "the server stopped accepting while one client was silent mid-frame",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)))
                 }
             };
@@ -103,30 +112,44 @@ impl Check for StalledClient {
                     Ok(()) => read_echo(&mut stream, sent.len(), Instant::now() + timeout),
                     Err(err) => Echoed::Failed(Vec::new(), err),
                 };
-                let (what, got) = match outcome {
+                let (what, got, silent) = match outcome {
                     Echoed::Complete(got) if got == sent => {
                         echoed += 1;
                         continue;
                     }
-                    Echoed::Complete(got) => ("the echo differs from what was sent", got),
-                    Echoed::Eof(got) => ("EOF before the whole echo", got),
-                    Echoed::TimedOut(got) => ("no complete echo", got),
-                    Echoed::Failed(got, _) => ("a reset or error", got),
+                    Echoed::Complete(got) => ("the echo differs from what was sent", got, false),
+                    Echoed::Eof(got) => ("EOF before the whole echo", got, false),
+                    Echoed::TimedOut(got) => ("no complete echo", got, true),
+                    Echoed::Failed(got, _) => ("a reset or error", got, false),
                 };
-                return Ok(StepOutcome::fail(format!(
+                let failed = StepOutcome::fail(format!(
                     "client {client}, frame {frame}: {what} within {} s while another client was stalled mid-frame",
                     self.timeout_secs
-                ))
-                .cause("the server waits for the rest of a frame from one client and serves nobody else meanwhile: never block on one socket; keep the partial frame in that connection's buffer and go back to poll()")
-                .evidence(
-                    [
-                        format!("stalled client: sent {half} of {} bytes, then nothing", whole.len()),
-                        format!("client {client}: sent {} bytes, got back {}", sent.len(), got.len()),
-                    ]
-                    .into_iter()
-                    .chain(Ctx::server_evidence(&mut server)),
-                )
-                .figure("echoed_while_stalled", echoed));
+                ));
+                // A server blocked on the stalled client's frame serves
+                // nobody from the moment of the stall: no echo at all.
+                let failed = if silent && echoed == 0 {
+                    failed.cause_as("stalled_client.blocks-on-partial-frame", "the server waits for the rest of a frame from one client and serves nobody else meanwhile: never block on one socket; keep the partial frame in that connection's buffer and go back to poll()")
+                } else {
+                    failed
+                };
+                return Ok(failed
+                    .evidence(
+                        [
+                            format!(
+                                "stalled client: sent {half} of {} bytes, then nothing",
+                                whole.len()
+                            ),
+                            format!(
+                                "client {client}: sent {} bytes, got back {}",
+                                sent.len(),
+                                got.len()
+                            ),
+                        ]
+                        .into_iter()
+                        .chain(Ctx::server_evidence(&mut server)),
+                    )
+                    .figure("echoed_while_stalled", echoed));
             }
         }
         ctx.log.detail(format!(
@@ -149,7 +172,7 @@ impl Check for StalledClient {
                     "stalled client: after sending the rest of its {}-byte frame, got back {got} bytes instead of the whole frame",
                     whole.len()
                 ))
-                .cause("the bytes of a frame that arrived in two parts must be kept until the rest comes, then echoed whole")
+                .cause_as("stalled_client.partial-frame-lost", "the bytes of a frame that arrived in two parts must be kept until the rest comes, then echoed whole")
                 .evidence(Ctx::server_evidence(&mut server)));
             }
         }

@@ -51,7 +51,10 @@ impl Check for Start {
         if let Err(err) = connected {
             return Ok(
                 StepOutcome::fail(format!("connecting to {} failed: {err}", server.addr))
-                    .cause("the listening line was printed but the socket does not accept")
+                    .cause_as(
+                        "start.no-accept",
+                        "the listening line was printed but the socket does not accept",
+                    )
                     .evidence(Ctx::server_evidence(&mut server)),
             );
         }

@@ -193,7 +193,10 @@ impl Check for Stats {
                             "phase {number}: connect failed with {} connections open: {err}",
                             held.len()
                         ))
-                        .cause("the server stopped accepting connections while printing stats")
+                        .cause_as(
+                            "stats.stopped-accepting",
+                            "the server stopped accepting connections while printing stats",
+                        )
                         .evidence(Ctx::server_evidence(&mut server)))
                     }
                 }
@@ -222,7 +225,10 @@ impl Check for Stats {
                             "phase {number}: a {}-byte frame got no exact echo within 3 s",
                             frame.len()
                         ))
-                        .cause("printing statistics must not disturb the echo: count, don't block")
+                        .cause_as(
+                            "stats.echo-disturbed",
+                            "printing statistics must not disturb the echo: count, don't block",
+                        )
                         .evidence(Ctx::server_evidence(&mut server)));
                     }
                     sent_this_phase += 1;
@@ -271,15 +277,16 @@ impl Check for Stats {
             if !looks_like_stats(line) {
                 continue;
             }
-            let fail = |what: String, cause: &str, server: &mut Server| {
+            let fail = |what: String, cause_id: &str, cause: &str, server: &mut Server| {
                 StepOutcome::fail(what)
-                    .cause(cause.to_string())
+                    .cause_as(cause_id, cause.to_string())
                     .evidence(Ctx::server_evidence(server))
             };
             match parse(line) {
                 None => {
                     return Ok(fail(
                         format!("misshapen stats line `{line}`"),
+                        "stats.misshapen-line",
                         &format!(
                             "print exactly {SHAPES} (two-digit clock, one decimal for MB/sec)"
                         ),
@@ -299,6 +306,7 @@ impl Check for Stats {
                                 "phase {}: the server says `{line}` while the checker held exactly {expected} connections",
                                 p + 1
                             ),
+                            "stats.wrong-connection-counts",
                             "`active` is the number of connections open right now (your connection table's length), `pending` those of them with unsent output",
                             &mut server,
                         ));
@@ -332,6 +340,7 @@ impl Check for Stats {
                                 "the server says `{line}`; in the {period:.2} s before that line the checker got {rate:.0} echoes/sec and sent {mb:.2} MB/sec (tolerance ±{} %)",
                                 self.tolerance_pct
                             ),
+                            "stats.wrong-rates",
                             "count in that second only: requests = frames echoed, bytes = bytes read from clients (MB = 1,000,000 bytes); reset both counters after each report and divide by the period's real length",
                             &mut server,
                         ));
@@ -352,7 +361,9 @@ impl Check for Stats {
                 self.phase_ms,
                 seen_lines.iter().filter(|(_, l)| looks_like_stats(l)).count()
             ))
-            .cause(if any {
+            .cause_as(
+                if any { "stats.lines-late" } else { "stats.no-lines" },
+                if any {
                 "the lines must come every second, on time, while the server is busy: give epoll_wait a timeout that ends at the next report"
             } else {
                 "with --stats the server prints two lines to stdout every second (flush stdout after them)"
@@ -370,7 +381,7 @@ impl Check for Stats {
             return Ok(StepOutcome::fail(format!(
                 "{requests_lines} `Requests:` lines in {seconds:.1} s: expected one a second (tolerance: between 60 % and 150 % of the seconds elapsed)"
             ))
-            .cause("print the two lines once a second: keep a deadline for the next report and wake epoll_wait for it")
+            .cause_as("stats.lines-not-every-second", "print the two lines once a second: keep a deadline for the next report and wake epoll_wait for it")
             .evidence(Ctx::server_evidence(&mut server)));
         }
         let shape: Vec<String> = plan

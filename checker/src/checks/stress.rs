@@ -135,11 +135,12 @@ impl Check for Stress {
                     ));
                 }
                 evidence.extend(Ctx::server_evidence(&mut server));
+                let (cause_id, cause) = likely_cause(&report, death.as_deref());
                 let mut outcome = StepOutcome::fail(format!(
                     "{line}: {} frames not echoed correctly",
                     report.failures
                 ))
-                .cause(likely_cause(&report, death.as_deref()))
+                .cause_as(cause_id, cause)
                 .evidence(evidence)
                 .figure("failed_run", run)
                 .figure("failures", report.failures);
@@ -148,7 +149,10 @@ impl Check for Stress {
             }
             if let Some(death) = server.death_notice() {
                 let mut outcome = StepOutcome::fail(format!("{death} after stress run {run}"))
-                    .cause("the server must keep serving between runs")
+                    .cause_as(
+                        "stress.died-between-runs",
+                        "the server must keep serving between runs",
+                    )
                     .evidence(Ctx::server_evidence(&mut server));
                 outcome.proof = proof;
                 return Ok(outcome);
@@ -166,24 +170,28 @@ impl Check for Stress {
     }
 }
 
-/// The seed lesson's list of failures, matched to what the run saw.
-fn likely_cause(report: &StressReport, death: Option<&str>) -> String {
+/// The seed lesson's list of failures, matched to what the run saw: the
+/// cause's id and its words.
+fn likely_cause(report: &StressReport, death: Option<&str>) -> (&'static str, String) {
     if let Some(death) = death {
         if death.starts_with("the checker stopped") {
-            return death.to_string();
+            return ("stress.stopped-by-the-checker", death.to_string());
         }
-        return format!("{death} during the run: read its output below; an unwrap() on a socket error or an unhandled EPIPE/ECONNRESET kills the whole server");
+        return ("stress.died", format!("{death} during the run: read its output below; an unwrap() on a socket error or an unhandled EPIPE/ECONNRESET kills the whole server"));
     }
     let has = |kind: FailureKind| report.failure_details.iter().any(|d| d.kind == kind);
     if has(FailureKind::Mismatch) {
-        "framing: the server sent back different bytes, or merged, split, dropped or reordered frames — check how the read buffer is split into frames and how partial writes are resumed".into()
+        ("stress.framing", "framing: the server sent back different bytes, or merged, split, dropped or reordered frames — check how the read buffer is split into frames and how partial writes are resumed".into())
     } else if has(FailureKind::Refused) {
-        "connections were refused until the timeout: the server is at its client limit — does its connection count go down when a client leaves?".into()
+        ("stress.refused", "connections were refused until the timeout: the server is at its client limit — does its connection count go down when a client leaves?".into())
     } else if has(FailureKind::Closed) || has(FailureKind::Reset) {
-        "the server closed connections mid-run: an error treated as fatal for the connection (WouldBlock is not an error on a non-blocking socket)".into()
+        ("stress.closed-mid-run", "the server closed connections mid-run: an error treated as fatal for the connection (WouldBlock is not an error on a non-blocking socket)".into())
     } else if has(FailureKind::Timeout) {
-        "the server stopped answering: a blocking call inside the loop, or bytes left in a buffer that nothing will process (pipelined frames)".into()
+        ("stress.stopped-answering", "the server stopped answering: a blocking call inside the loop, or bytes left in a buffer that nothing will process (pipelined frames)".into())
     } else {
-        "see the failures quoted below".into()
+        (
+            "stress.unclassified",
+            "see the failures quoted below".into(),
+        )
     }
 }
