@@ -187,7 +187,7 @@ fn echo_and_flush(conn: &mut Conn, bug: Bug, echoed: &mut u64) -> bool {
                     conn.outbuf
                         .extend_from_slice(&conn.inbuf[start..start + total]);
                     *echoed += 1;
-                    if bug == Bug::CorruptSomeEchoes && *echoed % 10_000 == 0 && total > 4 {
+                    if bug == Bug::CorruptSomeEchoes && echoed.is_multiple_of(10_000) && total > 4 {
                         if let Some(last) = conn.outbuf.last_mut() {
                             *last ^= 0x01;
                         }
