@@ -33,6 +33,11 @@ enum Bug {
     OneFramePerRead,
     /// Calls write once and forgets whatever it did not take.
     DropPartialWrite,
+    /// Never asks for POLLOUT (an interest that forgets the write buffer):
+    /// what write() did not take waits until the client sends again.
+    NoPollout,
+    /// Asks for POLLOUT at all times: poll() returns at once, for ever.
+    PolloutAlways,
 }
 
 #[derive(Parser, Debug)]
@@ -90,7 +95,8 @@ fn main() -> io::Result<()> {
         let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         for c in &conns {
             let mut ev = PollFlags::POLLIN;
-            if !c.outbuf.is_empty() {
+            let pending = !c.outbuf.is_empty() && args.bug != Bug::NoPollout;
+            if pending || args.bug == Bug::PolloutAlways {
                 ev |= PollFlags::POLLOUT;
             }
             fds.push(PollFd::new(c.stream.as_fd(), ev));

@@ -135,6 +135,12 @@ impl Check for Concurrency {
                     Some(_) if client == 2 && failed.timed_out && threads > 2 => {
                         super::pool::diagnosis::one_served_at_a_time(threads)
                     }
+                    // No thread for a second client at all: too few workers,
+                    // not a thread per client.
+                    Some(_) if client == 2 && failed.timed_out && (1..=2).contains(&threads) => (
+                        super::pool::diagnosis::TOO_FEW_WORKERS,
+                        super::pool::diagnosis::TOO_FEW_WORKERS_CAUSE.to_string(),
+                    ),
                     _ => (cause_id, cause),
                 };
                 let mut evidence = failed.evidence;

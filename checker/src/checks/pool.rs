@@ -261,7 +261,7 @@ impl Check for Pool {
                         failed
                     }
                 }
-                _ => failed.cause_as("pool.too-few-workers", "the pool should run exactly --workers threads, each serving one client: read the flag and start that many"),
+                _ => failed.cause_as(diagnosis::TOO_FEW_WORKERS, diagnosis::TOO_FEW_WORKERS_CAUSE),
             };
             return Ok(failed.evidence(Ctx::server_evidence(&mut server)));
         }
@@ -424,6 +424,8 @@ pub mod diagnosis {
 
     pub const DROPS_UNSERVED: &str = "pool.drops-unserved";
     pub const LOCK_HELD: &str = "pool.lock-held-while-serving";
+    pub const TOO_FEW_WORKERS: &str = "pool.too-few-workers";
+    pub const TOO_FEW_WORKERS_CAUSE: &str = "the pool should run exactly --workers threads, each serving one client: read the flag and start that many";
 
     /// Whether the lesson is the pool lesson (it has a `pool` step), and the
     /// `--workers` its server steps run with (the course default is 10).

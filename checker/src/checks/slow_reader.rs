@@ -213,14 +213,26 @@ impl Check for SlowReader {
                     at / (frame_size + 4)
                 ));
             }
+            // An echo right so far that stops, the connection open: the
+            // rest was either dropped or is kept unwritten. One more frame
+            // from the client tells which (a kept rest goes out first).
+            let nudged = match (&sent_ok, first_diff, timed_out) {
+                (None, None, true) => nudge(&mut slow, &wire[got.len()..]),
+                _ => None,
+            };
             if let Some(err) = sent_ok {
                 evidence.push(format!("sending stopped: {err}"));
             }
+            match nudged {
+                Some(true) => evidence.push("the slow client then sent one more frame: the echo went on where it had stopped, so the rest was kept but not written when the socket became writable".into()),
+                Some(false) => evidence.push("the slow client then sent one more frame: what came back was not the rest of the echo, so the rest was dropped".into()),
+                None => {}
+            }
             evidence.extend(Ctx::server_evidence(&mut server));
-            // Bytes missing from the middle were dropped; an echo that is
-            // right so far but stops, with the connection open, waits in
-            // a buffer nobody flushes; a close cut it short.
-            let id = if first_diff.is_some() {
+            // Bytes missing from the middle (or skipped, as the nudge
+            // showed) were dropped; an echo kept but not written stalled;
+            // a close cut it short.
+            let id = if first_diff.is_some() || nudged == Some(false) {
                 "slow_reader.bytes-lost"
             } else if timed_out {
                 "slow_reader.echo-stalled"
@@ -245,6 +257,22 @@ impl Check for SlowReader {
             self.clients
         )))
     }
+}
+
+/// After an echo that stopped short, right so far: one more frame from the
+/// slow client, and what comes back first. `Some(true)`: the echo goes on
+/// where it stopped (the rest was kept, only not written when the socket
+/// became writable); `Some(false)`: something else comes first (the rest
+/// was dropped); `None`: nothing comes back within 2 s.
+fn nudge(slow: &mut TcpStream, rest: &[u8]) -> Option<bool> {
+    slow.write_all(&stress::frame::encode(b"one more frame"))
+        .ok()?;
+    let want = rest.len().clamp(1, 4096);
+    let got = match read_echo(slow, want, Instant::now() + Duration::from_secs(2)) {
+        Echoed::Complete(got) | Echoed::TimedOut(got) | Echoed::Eof(got) => got,
+        Echoed::Failed(got, _) => got,
+    };
+    (!got.is_empty()).then(|| rest.starts_with(&got))
 }
 
 /// The verdict when another client failed because the server had died:
