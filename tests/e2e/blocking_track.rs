@@ -13,10 +13,35 @@ fn blocking_fixture(bug: &str, tag: &str) -> String {
     )
 }
 
-/// Runs `lesson` against the fixture with `bug`; asserts it fails at `step`
-/// with every one of `expected` in the output, and leaves nothing behind.
-fn fixture_fails_at(lesson: &str, bug: &str, step: &str, expected: &[&str]) {
-    track_fixture_fails_at("broken_blocking_server", lesson, bug, step, expected);
+const FIXTURE: &str = "broken_blocking_server";
+
+/// Every bug of the fixture: `(bug, lesson, step, cause_id)`, the lesson
+/// that catches it, the step it fails at and the cause it plants.
+#[rustfmt::skip]
+const PLANTED: &[Planted] = &[
+    ("one-read-per-frame", "w01-l02", "frames", Some("frames.split-read")),
+    ("empty-frame-closes", "w01-l02", "frames", Some("frames.empty-frame")),
+    ("oversize-echoed", "w01-l02", "oversize", Some("oversize.echoed")),
+    ("oversize-exits", "w01-l02", "oversize", Some("oversize.error-ends-the-server")),
+    ("oversize-silent", "w01-l02", "oversize", Some("oversize.not-logged")),
+    ("one-at-a-time", "w01-l03", "concurrency", Some("concurrency.one-at-a-time")),
+    ("one-thread-multiplexed", "w01-l03", "concurrency", Some("concurrency.too-few-threads")),
+    ("ignores-workers", "w01-l04", "pool", Some("pool.too-many-at-once")),
+    ("drops-queued", "w01-l04", "pool", Some("pool.clients-lost")),
+    ("lock-held-while-serving", "w01-l04", "concurrency", Some("pool.lock-held-while-serving")),
+    ("drops-before-workers-start", "w01-l04", "frames", Some("pool.drops-unserved")),
+];
+
+#[test]
+fn every_blocking_fixture_bug_gets_the_cause_it_plants() {
+    every_planted_cause_is_given(FIXTURE, PLANTED, &[]);
+}
+
+/// Runs `lesson` against the fixture with `bug` (the run its row of
+/// `PLANTED` shares); asserts it fails at `step` with its planted cause and
+/// every one of `expected` in the output, and leaves nothing behind.
+fn fixture_fails_at(lesson: &str, bug: &str, step: &str, expected: &[&str]) -> String {
+    planted_fails_at(FIXTURE, PLANTED, lesson, bug, step, expected)
 }
 
 /// The solution passes and prints `proof_lines`. Exit 0 also means its
@@ -186,8 +211,7 @@ fn a_correct_pool_passes_w01_l04() {
 
 #[test]
 fn a_server_ignoring_workers_serves_too_many_at_once_and_fails_pool() {
-    let stdout = track_fixture_fails_at(
-        "broken_blocking_server",
+    let stdout = fixture_fails_at(
         "w01-l04",
         "ignores-workers",
         "pool",

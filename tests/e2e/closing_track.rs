@@ -7,6 +7,31 @@ use crate::support::*;
 
 const FIXTURE: &str = "broken_closing_server";
 
+/// Every bug of the fixture: `(bug, lesson, step, cause_id)`, the lesson
+/// that catches it, the step it fails at and the cause it plants.
+#[rustfmt::skip]
+const PLANTED: &[Planted] = &[
+    ("unwrap-read", "w02-l09", "disconnects", Some("disconnects.reset-ends-the-server")),
+    ("drop-on-eof", "w02-l09", "disconnects", Some("disconnects.half-close-drops-echoes")),
+    ("leak-fds", "w02-l09", "fd_leak", Some("fd_leak.sockets-kept")),
+    ("no-limit", "w02-l10", "capacity", Some("capacity.no-limit")),
+    ("stop-after-refuse", "w02-l10", "capacity", Some("capacity.over-the-limit-not-closed")),
+    ("no-recovery", "w02-l10", "capacity", Some("capacity.never-comes-back")),
+    ("unwrap-write", "w02-l11", "broken_pipes", Some("broken_pipes.error-ends-the-server")),
+];
+
+#[test]
+fn every_closing_fixture_bug_gets_the_cause_it_plants() {
+    every_planted_cause_is_given(FIXTURE, PLANTED, &[]);
+}
+
+/// Runs `lesson` against the fixture with `bug` (the run its row of
+/// `PLANTED` shares); asserts it fails at `step` with its planted cause and
+/// every one of `expected` in the output, and leaves nothing behind.
+fn fixture_fails_at(lesson: &str, bug: &str, step: &str, expected: &[&str]) -> String {
+    planted_fails_at(FIXTURE, PLANTED, lesson, bug, step, expected)
+}
+
 // w02-l09 — Closing cleanly.
 
 #[test]
@@ -33,8 +58,7 @@ fn a_correct_closing_server_passes_w02_l09() {
 
 #[test]
 fn a_reset_that_unwraps_a_read_error_fails_disconnects() {
-    track_fixture_fails_at(
-        FIXTURE,
+    fixture_fails_at(
         "w02-l09",
         "unwrap-read",
         "disconnects",
@@ -44,8 +68,7 @@ fn a_reset_that_unwraps_a_read_error_fails_disconnects() {
 
 #[test]
 fn closing_at_eof_with_echoes_pending_fails_the_half_close_case() {
-    track_fixture_fails_at(
-        FIXTURE,
+    fixture_fails_at(
         "w02-l09",
         "drop-on-eof",
         "disconnects",
@@ -55,8 +78,7 @@ fn closing_at_eof_with_echoes_pending_fails_the_half_close_case() {
 
 #[test]
 fn a_server_that_keeps_closed_sockets_fails_fd_leak_with_the_counts() {
-    track_fixture_fails_at(
-        FIXTURE,
+    fixture_fails_at(
         "w02-l09",
         "leak-fds",
         "fd_leak",
@@ -89,8 +111,7 @@ fn a_correct_closing_server_passes_w02_l10() {
 
 #[test]
 fn a_server_that_ignores_the_limit_fails_capacity() {
-    track_fixture_fails_at(
-        FIXTURE,
+    fixture_fails_at(
         "w02-l10",
         "no-limit",
         "capacity",
@@ -100,8 +121,7 @@ fn a_server_that_ignores_the_limit_fails_capacity() {
 
 #[test]
 fn a_server_that_stops_accepting_after_a_refusal_fails_capacity() {
-    track_fixture_fails_at(
-        FIXTURE,
+    fixture_fails_at(
         "w02-l10",
         "stop-after-refuse",
         "capacity",
@@ -111,8 +131,7 @@ fn a_server_that_stops_accepting_after_a_refusal_fails_capacity() {
 
 #[test]
 fn a_server_that_never_gets_its_capacity_back_fails_the_recovery_check() {
-    track_fixture_fails_at(
-        FIXTURE,
+    fixture_fails_at(
         "w02-l10",
         "no-recovery",
         "capacity",
@@ -145,8 +164,7 @@ fn a_correct_closing_server_passes_w02_l11() {
 
 #[test]
 fn an_unwrap_on_a_failed_write_fails_broken_pipes() {
-    track_fixture_fails_at(
-        FIXTURE,
+    fixture_fails_at(
         "w02-l11",
         "unwrap-write",
         "broken_pipes",

@@ -90,6 +90,43 @@ fn a_hint_number_past_the_lessons_hints_is_rejected() {
     assert!(stderr.contains("hint 9 does not exist"), "{stderr}");
 }
 
+/// The checker's exit code and stderr with w02-l16's `causes:` map
+/// holding `entry` (one `id: hints` line) besides its own.
+fn w02_l16_with_cause(entry: &str) -> (i32, String) {
+    let yaml = real_course().replace(
+        "    causes:\n      stress.framing: 3\n",
+        &format!("    causes:\n      {entry}\n      stress.framing: 3\n"),
+    );
+    assert_ne!(yaml, real_course(), "the test's edit must apply");
+    checker_with_course(&yaml, "w02-l16")
+}
+
+#[test]
+fn a_cause_no_step_gives_is_rejected_in_a_causes_map() {
+    // A misspelt id would never be diagnosed, so its hints never quoted.
+    let (code, stderr) = w02_l16_with_cause("stress.framming: 3");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("lesson w02-l16, field `causes.stress.framming`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no step gives the cause `stress.framming`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_hint_number_past_the_lessons_hints_is_rejected_in_a_causes_map() {
+    let (code, stderr) = w02_l16_with_cause("stress.unclassified: [1, 9]");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("lesson w02-l16, field `causes.stress.unclassified`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint 9 does not exist"), "{stderr}");
+}
+
 #[test]
 fn a_hint_that_is_not_a_number_names_the_field() {
     let (code, stderr) = w02_l16_stress_hint("ladder");

@@ -12,10 +12,33 @@ fn poll_fixture(bug: &str, tag: &str) -> String {
     )
 }
 
-/// Runs `lesson` against the fixture with `bug`; asserts it fails at `step`
-/// with every one of `expected` in the output, and leaves nothing behind.
-fn fixture_fails_at(lesson: &str, bug: &str, step: &str, expected: &[&str]) {
-    track_fixture_fails_at("broken_poll_server", lesson, bug, step, expected);
+const FIXTURE: &str = "broken_poll_server";
+
+/// Every bug of the fixture: `(bug, lesson, step, cause_id)`, the lesson
+/// that catches it, the step it fails at and the cause it plants.
+#[rustfmt::skip]
+const PLANTED: &[Planted] = &[
+    ("sequential", "w02-l05", "hold", Some("hold.one-at-a-time")),
+    ("blocking-sockets", "w02-l05", "hold", Some("hold.blocking-sockets")),
+    ("two-threads", "w02-l05", "process", Some("process.extra-threads")),
+    ("stall-on-partial", "w02-l06", "stalled_client", Some("stalled_client.blocks-on-partial-frame")),
+    ("busy-loop", "w02-l06", "idle_cpu", Some("idle_cpu.spins")),
+    ("one-frame-per-read", "w02-l07", "frames", Some("frames.pipelined")),
+    ("drop-partial-write", "w02-l08", "slow_reader", Some("slow_reader.bytes-lost")),
+    ("no-pollout", "w02-l08", "slow_reader", Some("slow_reader.echo-stalled")),
+    ("pollout-always", "w02-l08", "idle_cpu", Some("idle_cpu.spins")),
+];
+
+#[test]
+fn every_poll_fixture_bug_gets_the_cause_it_plants() {
+    every_planted_cause_is_given(FIXTURE, PLANTED, &[]);
+}
+
+/// Runs `lesson` against the fixture with `bug` (the run its row of
+/// `PLANTED` shares); asserts it fails at `step` with its planted cause and
+/// every one of `expected` in the output, and leaves nothing behind.
+fn fixture_fails_at(lesson: &str, bug: &str, step: &str, expected: &[&str]) -> String {
+    planted_fails_at(FIXTURE, PLANTED, lesson, bug, step, expected)
 }
 
 fn solution_passes(lesson: &str, proof_lines: &[&str]) {
@@ -180,4 +203,64 @@ fn slow_reader_probe_fails_a_server_that_ignores_the_count_write_returns() {
             "ask poll() for POLLOUT while that buffer is not empty",
         ],
     );
+}
+
+/// The hint numbers a failure quotes.
+fn quoted_hints(failed: &serde_json::Value) -> Vec<u64> {
+    failed["hints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["number"].as_u64())
+        .collect()
+}
+
+/// A wrong `interest()` (w02-l08's first gap) is told so by the hint on
+/// interest, not by those on the given write loop: an interest without
+/// POLLOUT stalls the slow reader's echo (one more frame from the client
+/// makes it go on where it stopped), one with POLLOUT at all times spins.
+#[test]
+fn an_interest_without_pollout_is_given_the_interest_hint_at_slow_reader() {
+    let failed = track_fixture_fails_as(
+        FIXTURE,
+        "w02-l08",
+        "no-pollout",
+        "slow_reader",
+        Some("slow_reader.echo-stalled"),
+    );
+    let hints = quoted_hints(&failed);
+    assert!(hints.contains(&1), "{failed}");
+    assert!(!hints.contains(&2) && !hints.contains(&3), "{failed}");
+    let evidence = failed["evidence"].to_string();
+    assert!(
+        evidence.contains("the echo went on where it had stopped"),
+        "{failed}"
+    );
+}
+
+#[test]
+fn an_interest_with_pollout_at_all_times_is_given_the_interest_hint_at_idle_cpu() {
+    let failed = track_fixture_fails_as(
+        FIXTURE,
+        "w02-l08",
+        "pollout-always",
+        "idle_cpu",
+        Some("idle_cpu.spins"),
+    );
+    assert_eq!(quoted_hints(&failed), vec![1], "{failed}");
+}
+
+/// What write() did not take, dropped: the hints on the write loop, and
+/// the evidence says the rest was dropped, not kept.
+#[test]
+fn a_dropped_partial_write_is_given_the_write_loop_hints() {
+    let failed = track_fixture_fails_as(
+        FIXTURE,
+        "w02-l08",
+        "drop-partial-write",
+        "slow_reader",
+        Some("slow_reader.bytes-lost"),
+    );
+    let hints = quoted_hints(&failed);
+    assert!(hints.contains(&3) && !hints.contains(&1), "{failed}");
 }

@@ -18,6 +18,34 @@ fn fixture_fails_at(lesson: &str, bug: &str, step: &str, expected: &[&str]) {
     track_fixture_fails_at("broken_robust_server", lesson, bug, step, expected);
 }
 
+const FIXTURE: &str = "broken_robust_server";
+
+/// Every server bug of the fixture: `(bug, lesson, step, cause_id)`, the
+/// lesson that catches it, the step it fails at and the cause it plants.
+/// (Its `client-*` modes are clients, judged by w02-l15's `client` step.)
+#[rustfmt::skip]
+const PLANTED: &[Planted] = &[
+    ("no-backpressure", "w02-l12", "backpressure", Some("backpressure.unbounded-buffering")),
+    ("never-resume", "w02-l12", "backpressure", Some("backpressure.never-resumes")),
+    ("die-on-bad-input", "w02-l13", "bad_input", Some("bad_input.error-ends-the-server")),
+    ("silent-close", "w02-l13", "bad_input", Some("bad_input.not-logged")),
+    ("no-idle-timeout", "w02-l14", "idle_timeout", Some("idle_timeout.not-closed")),
+    ("timeout-from-connect", "w02-l14", "idle_timeout", Some("idle_timeout.active-client-closed")),
+    ("busy-wait-deadline", "w02-l14", "idle_timeout", Some("idle_timeout.spins")),
+];
+
+#[test]
+fn every_robust_server_bug_gets_the_cause_it_plants() {
+    every_planted_cause_is_given(FIXTURE, PLANTED, &[]);
+}
+
+/// Runs `lesson` against the fixture with `bug` (the run its row of
+/// `PLANTED` shares); asserts it fails at `step` with its planted cause and
+/// every one of `expected` in the output, and leaves nothing behind.
+fn planted_fails(lesson: &str, bug: &str, step: &str, expected: &[&str]) -> String {
+    planted_fails_at(FIXTURE, PLANTED, lesson, bug, step, expected)
+}
+
 fn fixture_passes(lesson: &str) {
     fixture_passes_as(lesson, "none");
 }
@@ -65,7 +93,7 @@ fn a_correct_robust_server_passes_w02_l12() {
 
 #[test]
 fn backpressure_probe_fails_a_server_that_buffers_without_bound() {
-    fixture_fails_at(
+    planted_fails(
         "w02-l12",
         "no-backpressure",
         "backpressure",
@@ -78,7 +106,7 @@ fn backpressure_probe_fails_a_server_that_buffers_without_bound() {
 
 #[test]
 fn backpressure_probe_fails_a_server_that_never_resumes_reading() {
-    fixture_fails_at(
+    planted_fails(
         "w02-l12",
         "never-resume",
         "backpressure",
@@ -109,7 +137,7 @@ fn a_correct_robust_server_passes_w02_l13() {
 
 #[test]
 fn bad_input_probe_fails_a_server_that_dies_on_an_oversize_header() {
-    fixture_fails_at(
+    planted_fails(
         "w02-l13",
         "die-on-bad-input",
         "bad_input",
@@ -122,7 +150,7 @@ fn bad_input_probe_fails_a_server_that_dies_on_an_oversize_header() {
 
 #[test]
 fn bad_input_probe_fails_a_server_that_closes_bad_clients_silently() {
-    fixture_fails_at(
+    planted_fails(
         "w02-l13",
         "silent-close",
         "bad_input",
@@ -156,7 +184,7 @@ fn a_correct_robust_server_passes_w02_l14() {
 
 #[test]
 fn idle_timeout_probe_fails_a_server_that_never_closes_idle_clients() {
-    fixture_fails_at(
+    planted_fails(
         "w02-l14",
         "no-idle-timeout",
         "idle_timeout",
@@ -166,7 +194,7 @@ fn idle_timeout_probe_fails_a_server_that_never_closes_idle_clients() {
 
 #[test]
 fn idle_timeout_probe_fails_a_server_that_closes_active_clients() {
-    fixture_fails_at(
+    planted_fails(
         "w02-l14",
         "timeout-from-connect",
         "idle_timeout",
@@ -176,7 +204,7 @@ fn idle_timeout_probe_fails_a_server_that_closes_active_clients() {
 
 #[test]
 fn idle_timeout_probe_fails_a_server_that_busy_waits_for_deadlines() {
-    fixture_fails_at(
+    planted_fails(
         "w02-l14",
         "busy-wait-deadline",
         "idle_timeout",

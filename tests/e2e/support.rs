@@ -173,21 +173,59 @@ pub fn course_with_absolute_paths() -> String {
         )
 }
 
+/// One bug of a track's fixture and what it plants: `(bug, lesson, step,
+/// cause_id)`, the lesson that catches it, the step it fails at and the id
+/// of the likely cause the failure gives (`None`: a death that no cause
+/// explains, or a failure the checker gives no diagnosis for).
+pub type Planted = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+);
+
+/// Each fixture run of [`track_fixture_fails_as`], once per test process:
+/// a track's table test and the bug's own test share it (each run costs
+/// seconds). `(exit code, stdout)` by `binary lesson bug`.
+type FixtureRuns =
+    std::collections::HashMap<String, std::sync::Arc<std::sync::OnceLock<(i32, String)>>>;
+static FIXTURE_RUNS: std::sync::Mutex<Option<FixtureRuns>> = std::sync::Mutex::new(None);
+
+/// `checker lesson --exec 'binary --bug BUG' --seed 7 --format json`, run
+/// once whoever asks first (the others wait for it); no process left behind.
+fn fixture_run(binary: &str, lesson: &str, bug: &str) -> (i32, String) {
+    let key = format!("{binary} {lesson} {bug}");
+    let cell = FIXTURE_RUNS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(Default::default)
+        .entry(key)
+        .or_default()
+        .clone();
+    cell.get_or_init(|| {
+        let tag = format!("{binary}-{lesson}-{bug}-cause");
+        let exec = format!("{} --bug {bug} --tag {tag}", tool(binary).display());
+        let (output, stdout) =
+            run_checker(&[lesson, "--exec", &exec, "--seed", "7", "--format", "json"]);
+        assert_nothing_left(&tag);
+        (exit_code(&output), stdout)
+    })
+    .clone()
+}
+
 /// Runs `lesson` with `--exec` on the fixture `binary --bug BUG` (seed 7,
-/// JSON) and asserts it fails at `step` with the diagnosed cause `cause_id`
-/// (the id the fixture's bug plants). Returns the failing step's record.
-pub fn track_fixture_fails_with_cause(
+/// JSON, shared with every other test asking for the same run) and asserts
+/// it fails at `step` with the diagnosed cause `cause` (`None`: no cause
+/// id at all). Returns the failing step's record.
+pub fn track_fixture_fails_as(
     binary: &str,
     lesson: &str,
     bug: &str,
     step: &str,
-    cause_id: &str,
+    cause: Option<&str>,
 ) -> serde_json::Value {
-    let tag = format!("{binary}-{lesson}-{bug}-cause");
-    let exec = format!("{} --bug {bug} --tag {tag}", tool(binary).display());
-    let (output, stdout) =
-        run_checker(&[lesson, "--exec", &exec, "--seed", "7", "--format", "json"]);
-    assert_eq!(exit_code(&output), 1, "{stdout}");
+    let (code, stdout) = fixture_run(binary, lesson, bug);
+    assert_eq!(code, 1, "{binary} --bug {bug}, {lesson}:\n{stdout}");
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("checker's JSON");
     let failed = json["steps"]
         .as_array()
@@ -196,8 +234,108 @@ pub fn track_fixture_fails_with_cause(
         .find(|s| s["status"] == "fail")
         .cloned()
         .unwrap_or_else(|| panic!("no failed step in:\n{stdout}"));
-    assert_eq!(failed["name"], step, "{stdout}");
-    assert_eq!(failed["cause_id"], cause_id, "{stdout}");
-    assert_nothing_left(&tag);
+    assert_eq!(
+        failed["name"], step,
+        "{binary} --bug {bug}, {lesson}:\n{stdout}"
+    );
+    assert_eq!(
+        failed["cause_id"].as_str(),
+        cause,
+        "{binary} --bug {bug}, {lesson}: the cause id\n{stdout}"
+    );
     failed
+}
+
+/// [`track_fixture_fails_as`] for a bug that plants the cause `cause_id`
+/// (the id the fixture's bug plants).
+pub fn track_fixture_fails_with_cause(
+    binary: &str,
+    lesson: &str,
+    bug: &str,
+    step: &str,
+    cause_id: &str,
+) -> serde_json::Value {
+    track_fixture_fails_as(binary, lesson, bug, step, Some(cause_id))
+}
+
+/// The row of `table` for `bug` in `lesson`.
+fn planted_row(table: &[Planted], lesson: &str, bug: &str) -> Planted {
+    *table
+        .iter()
+        .find(|row| row.0 == bug && row.1 == lesson)
+        .unwrap_or_else(|| panic!("no row ({bug}, {lesson}, ..) in the track's table of planted causes: every fixture bug declares the step it fails and the cause it plants"))
+}
+
+/// The bug's row of `table` (its lesson, step and cause) holds, and the
+/// run's text (as `--format text` prints the steps: `FAIL: ...`, `likely
+/// cause: ...`, hints, evidence, then the verdict and proof) has every one
+/// of `expected`. Returns that text.
+pub fn planted_fails_at(
+    binary: &str,
+    table: &[Planted],
+    lesson: &str,
+    bug: &str,
+    step: &str,
+    expected: &[&str],
+) -> String {
+    let (_, _, planted_step, cause) = planted_row(table, lesson, bug);
+    assert_eq!(
+        planted_step, step,
+        "the table says {bug} fails {lesson} at `{planted_step}`"
+    );
+    track_fixture_fails_as(binary, lesson, bug, step, cause);
+    let (_, stdout) = fixture_run(binary, lesson, bug);
+    let text = steps_as_text(&stdout);
+    for wanted in expected {
+        assert!(text.contains(wanted), "missing `{wanted}` in:\n{text}");
+    }
+    assert!(!text.contains("result: PASS"), "{text}");
+    text
+}
+
+/// Every row of `table` through [`track_fixture_fails_as`]: each bug fails
+/// its lesson at its step with the cause it declares. `alone`: the lessons
+/// whose runs must have the machine to themselves (C10K).
+pub fn every_planted_cause_is_given(binary: &str, table: &[Planted], alone: &[&str]) {
+    for &(bug, lesson, step, cause) in table {
+        let _alone = alone.contains(&lesson).then(machine_to_myself);
+        track_fixture_fails_as(binary, lesson, bug, step, cause);
+    }
+}
+
+/// A `--format json` run's steps written as the text transcript writes
+/// them (without the progress details), then its verdict and proof.
+pub fn steps_as_text(stdout: &str) -> String {
+    let json: serde_json::Value = serde_json::from_str(stdout).expect("checker's JSON");
+    let mut text = String::new();
+    for step in json["steps"].as_array().into_iter().flatten() {
+        let mark = match step["status"].as_str() {
+            Some("pass") => "PASS",
+            Some("fail") => "FAIL",
+            _ => "SKIP",
+        };
+        text.push_str(&format!(
+            "[{}]\n{mark}: {}\n",
+            step["name"].as_str().unwrap_or_default(),
+            step["message"].as_str().unwrap_or_default()
+        ));
+        if let Some(cause) = step["cause"].as_str() {
+            text.push_str(&format!("likely cause: {cause}\n"));
+        }
+        for hint in step["hints"].as_array().into_iter().flatten() {
+            text.push_str(&format!(
+                "hint {}/{}: {}\n",
+                hint["number"],
+                hint["of"],
+                hint["text"].as_str().unwrap_or_default()
+            ));
+        }
+        for line in step["evidence"].as_array().into_iter().flatten() {
+            text.push_str(&format!("│ {}\n", line.as_str().unwrap_or_default()));
+        }
+    }
+    text.push_str(json["verdict"].as_str().unwrap_or_default());
+    text.push('\n');
+    text.push_str(json["proof"].as_str().unwrap_or_default());
+    text
 }
