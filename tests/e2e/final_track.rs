@@ -271,7 +271,7 @@ fn closing_with_a_reset_fails_the_shutdown_step() {
 fn a_shutdown_that_never_reads_what_is_waiting_fails_the_shutdown_step() {
     let stdout = fixture_fails_at("w03-l22", "shutdown-drops-unread-input", "shutdown");
     // Case 1 reads nothing new after the signal: it passes; case 2 does not.
-    assert!(stdout.contains("case 2/4"), "{stdout}");
+    assert!(stdout.contains("case: 2/4"), "{stdout}");
     assert!(
         stdout.contains("did not get back the frames that waited unread in the server's socket when it handled SIGINT"),
         "{stdout}"
@@ -297,7 +297,7 @@ fn a_shutdown_that_never_reads_what_is_waiting_fails_the_shutdown_step() {
 #[test]
 fn a_shutdown_without_a_grace_bound_fails_the_shutdown_step() {
     let stdout = fixture_fails_at("w03-l22", "no-grace-bound", "shutdown");
-    assert!(stdout.contains("case 3/4"), "{stdout}");
+    assert!(stdout.contains("case: 3/4"), "{stdout}");
     assert!(
         stdout.contains("the server was still running")
             && stdout.contains("held by 2 clients that never read their echoes"),
@@ -312,7 +312,7 @@ fn a_shutdown_without_a_grace_bound_fails_the_shutdown_step() {
 #[test]
 fn final_stats_without_the_abandoned_clients_fail_the_shutdown_step() {
     let stdout = fixture_fails_at("w03-l22", "errors-not-counted", "shutdown");
-    assert!(stdout.contains("case 3/4"), "{stdout}");
+    assert!(stdout.contains("case: 3/4"), "{stdout}");
     assert!(
         stdout.contains("0 errors` after SIGINT, not 2 errors: 2 clients never read and still had echoes unsent when the grace period ended"),
         "{stdout}"
@@ -327,7 +327,7 @@ fn final_stats_without_the_abandoned_clients_fail_the_shutdown_step() {
 fn a_signalfd_left_unread_in_the_epoll_set_fails_the_shutdown_step() {
     let stdout = fixture_fails_at("w03-l22", "second-signal-spins", "shutdown");
     // The same shutdown with one signal passes (case 3); the second spins.
-    assert!(stdout.contains("case 4/4"), "{stdout}");
+    assert!(stdout.contains("case: 4/4"), "{stdout}");
     assert!(
         stdout.contains("after a second SIGINT during the shutdown the server used"),
         "{stdout}"
@@ -339,7 +339,7 @@ fn a_signalfd_left_unread_in_the_epoll_set_fails_the_shutdown_step() {
 #[test]
 fn a_shutdown_loop_that_polls_fails_the_shutdown_step() {
     let stdout = fixture_fails_at("w03-l22", "shutdown-polls", "shutdown");
-    assert!(stdout.contains("case 3/4"), "{stdout}");
+    assert!(stdout.contains("case: 3/4"), "{stdout}");
     assert!(
         stdout.contains("it does not sleep while it waits"),
         "{stdout}"
@@ -349,7 +349,7 @@ fn a_shutdown_loop_that_polls_fails_the_shutdown_step() {
 #[test]
 fn closing_finished_connections_only_at_the_end_fails_the_shutdown_step() {
     let stdout = fixture_fails_at("w03-l22", "close-at-end", "shutdown");
-    assert!(stdout.contains("case 3/4"), "{stdout}");
+    assert!(stdout.contains("case: 3/4"), "{stdout}");
     assert!(
         stdout.contains("the 20 clients that read had their echo at once but saw EOF only up to"),
         "{stdout}"
@@ -381,7 +381,7 @@ fn a_server_killed_by_the_signal_fails_the_shutdown_step() {
 #[test]
 fn an_eintr_that_ends_the_loop_fails_the_shutdown_step_once_stopped_and_continued() {
     let stdout = fixture_fails_at("w03-l22", "eintr-is-fatal", "shutdown");
-    assert!(stdout.contains("case 2/4"), "{stdout}");
+    assert!(stdout.contains("case: 2/4"), "{stdout}");
     assert!(
         stdout.contains("(exit code 1) after SIGINT, not with exit status 0"),
         "{stdout}"
@@ -415,7 +415,7 @@ fn final_stats_without_the_frames_echoed_in_the_shutdown_fail_the_shutdown_step(
     let stdout = fixture_fails_at("w03-l22", "requests-miss-the-shutdown", "shutdown");
     // Case 1's frames were all echoed before the signal; case 2's second
     // half arrives while the signal is pending, so only the shutdown echoes it.
-    assert!(stdout.contains("case 2/4"), "{stdout}");
+    assert!(stdout.contains("case: 2/4"), "{stdout}");
     assert!(
         stdout.contains("the server says 400 requests served; the checker sent 600 frames"),
         "{stdout}"

@@ -304,7 +304,8 @@ pub fn every_planted_cause_is_given(binary: &str, table: &[Planted], alone: &[&s
 }
 
 /// A `--format json` run's steps written as the text transcript writes
-/// them (without the progress details), then its verdict and proof.
+/// them (without the progress details; the failing step's figures as
+/// `name: value` lines), then its verdict and proof.
 pub fn steps_as_text(stdout: &str) -> String {
     let json: serde_json::Value = serde_json::from_str(stdout).expect("checker's JSON");
     let mut text = String::new();
@@ -332,6 +333,11 @@ pub fn steps_as_text(stdout: &str) -> String {
         }
         for line in step["evidence"].as_array().into_iter().flatten() {
             text.push_str(&format!("│ {}\n", line.as_str().unwrap_or_default()));
+        }
+        if mark == "FAIL" {
+            for (name, value) in step["figures"].as_object().into_iter().flatten() {
+                text.push_str(&format!("{name}: {}\n", value.as_str().unwrap_or_default()));
+            }
         }
     }
     text.push_str(json["verdict"].as_str().unwrap_or_default());

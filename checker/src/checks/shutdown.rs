@@ -227,7 +227,9 @@ impl Check for Shutdown {
             };
             match verdict {
                 Ok(case) => passed.push(case),
-                Err(failed) => return Ok(failed),
+                // Which case failed, for --format json (the text transcript
+                // says it in the line that began the case).
+                Err(failed) => return Ok(failed.figure("case", format!("{case}/4"))),
             }
         }
         let message = passed
