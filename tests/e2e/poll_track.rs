@@ -23,6 +23,7 @@ const PLANTED: &[Planted] = &[
     ("two-threads", "w02-l05", "process", Some("process.extra-threads")),
     ("stall-on-partial", "w02-l06", "stalled_client", Some("stalled_client.blocks-on-partial-frame")),
     ("busy-loop", "w02-l06", "idle_cpu", Some("idle_cpu.spins")),
+    ("busy-loop", "w02-l05", "idle_cpu", Some("idle_cpu.spins")),
     ("one-frame-per-read", "w02-l07", "frames", Some("frames.pipelined")),
     ("drop-partial-write", "w02-l08", "slow_reader", Some("slow_reader.bytes-lost")),
     ("no-pollout", "w02-l08", "slow_reader", Some("slow_reader.echo-stalled")),
