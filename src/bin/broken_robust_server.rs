@@ -54,6 +54,15 @@ enum Bug {
     /// A client whose mismatch line names another client than the one
     /// its payload (`client C frame F`) says it is.
     ClientWrongClient,
+    /// A client that retries a refusal at once, without waiting.
+    ClientNoBackoff,
+    /// A client that retries refusals without end (no attempt budget).
+    ClientRetriesForever,
+    /// A client that gives up at once when the connect itself is refused
+    /// (retries only closes before the first echo).
+    ClientNoConnectRetry,
+    /// A client that counts a connection lost mid-run as one failure.
+    ClientLostCountsOne,
 }
 
 #[derive(Parser, Debug)]
@@ -115,6 +124,10 @@ fn main() -> io::Result<()> {
             | Bug::ClientRandomWrongFrame
             | Bug::ClientStopsAtMismatch
             | Bug::ClientWrongClient
+            | Bug::ClientNoBackoff
+            | Bug::ClientRetriesForever
+            | Bug::ClientNoConnectRetry
+            | Bug::ClientLostCountsOne
     ) {
         std::process::exit(client_main(&args));
     }
@@ -293,7 +306,11 @@ fn client_main(args: &Args) -> i32 {
 }
 
 fn one_client(address: &str, c: u64, frames: u64, seed: u64, bug: Bug) -> u64 {
-    let attempts = if bug == Bug::ClientNoRetry { 1 } else { 8 };
+    let attempts = match bug {
+        Bug::ClientNoRetry => 1,
+        Bug::ClientRetriesForever => u32::MAX,
+        _ => 8,
+    };
     let mut failures = 0;
     let mut attempt = 0;
     'connect: loop {
@@ -302,10 +319,17 @@ fn one_client(address: &str, c: u64, frames: u64, seed: u64, bug: Bug) -> u64 {
             println!("client {c}: gave up connecting");
             return frames;
         }
-        if attempt > 1 {
-            std::thread::sleep(Duration::from_millis(50 << (attempt - 2).min(4)));
+        if attempt > 1 && bug != Bug::ClientNoBackoff {
+            // 50 ms, doubling, at most 1 s.
+            std::thread::sleep(Duration::from_millis(
+                (50u64 << (attempt - 2).min(5)).min(1000),
+            ));
         }
         let Ok(mut stream) = TcpStream::connect(address) else {
+            if bug == Bug::ClientNoConnectRetry {
+                println!("client {c}: connect refused, giving up");
+                return frames;
+            }
             continue;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
@@ -327,6 +351,9 @@ fn one_client(address: &str, c: u64, frames: u64, seed: u64, bug: Bug) -> u64 {
                     continue 'connect;
                 }
                 println!("client {c} frame {f}: connection lost");
+                if bug == Bug::ClientLostCountsOne {
+                    return failures + 1;
+                }
                 return failures + frames - f;
             }
             if bug != Bug::ClientCountsOnly && echo != frame {

@@ -313,3 +313,65 @@ fn client_probe_fails_a_client_that_does_not_retry_refused_connects() {
         &["closed the first 5 connections at once", "connect again"],
     );
 }
+
+/// A refusal retried at once hammers a server at capacity: the waits
+/// between attempts must be 50 ms, doubling.
+#[test]
+fn client_probe_fails_a_client_that_retries_without_backoff() {
+    fixture_fails_at(
+        "w02-l15",
+        "client-no-backoff",
+        "client",
+        &[
+            "closed every connection at once",
+            "before retry 1",
+            "50 ms before the first, doubling",
+        ],
+    );
+}
+
+/// A server that never stops refusing: the client gives up after its 8
+/// attempts and counts every frame failed.
+#[test]
+fn client_probe_fails_a_client_that_retries_without_end() {
+    fixture_fails_at(
+        "w02-l15",
+        "client-retries-forever",
+        "client",
+        &[
+            "closed every connection at once",
+            "make at most CONNECT_ATTEMPTS (8)",
+        ],
+    );
+}
+
+/// A connect refused by the kernel (nothing listening yet) is retried like
+/// an accept-then-close.
+#[test]
+fn client_probe_fails_a_client_that_does_not_retry_a_refused_connect() {
+    fixture_fails_at(
+        "w02-l15",
+        "client-no-connect-retry",
+        "client",
+        &[
+            "a port nothing listens on",
+            "it gave up after",
+            "retried like a refusal",
+        ],
+    );
+}
+
+/// A connection lost after 3 echoes: that frame and every later one fail.
+#[test]
+fn client_probe_fails_a_client_that_counts_a_lost_connection_as_one_failure() {
+    fixture_fails_at(
+        "w02-l15",
+        "client-lost-counts-one",
+        "client",
+        &[
+            "closed each connection after 3 echoes",
+            "`4 clients, 40 frames, 28 failures`",
+            "every later frame of that client failed",
+        ],
+    );
+}

@@ -17,7 +17,19 @@
 //!   start, a help the lesson suggests, never a rule: any payload bytes
 //!   pass); otherwise any client number of the run (from 0 or from 1) does;
 //! - `refusing`: accepts and closes the first 5 connections, then echoes:
-//!   exit 0 with the right last line (the client retried).
+//!   exit 0 with the right last line (the client retried);
+//! - `refusing-all`: accepts and closes every connection (1 client): the
+//!   client gives up after exactly `CONNECT_ATTEMPTS` (8) connections, its
+//!   waits between them at least 50 ms, 100 ms, 200 ms... (doubling, capped
+//!   at 1 s; 10 % and 10 ms slack) and the first three together under
+//!   1.5 x 350 ms; it counts all its frames failed and exits non-zero;
+//! - `no listener`: a port nothing listens on (connects are refused by the
+//!   kernel, 1 client): the same 8 attempts and waits show as the run's
+//!   length, 3.55 s (at least 90 % of it, at most 650 ms more), then all
+//!   frames failed and a non-zero exit;
+//! - `closing`: closes each connection after echoing 3 frames: a connection
+//!   lost after its first echo is not a refusal, so the frame it was lost
+//!   on and every later one fail: `C*(F-3)` failures, exit non-zero.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -58,6 +70,22 @@ enum Fault {
     None,
     Corrupt,
     Refuse,
+    RefuseAll,
+    CloseAfter,
+}
+
+/// Connection attempts a client makes before it gives up (the lesson's
+/// CONNECT_ATTEMPTS), and its first and longest wait between two.
+const CONNECT_ATTEMPTS: u64 = 8;
+const FIRST_BACKOFF_MS: u64 = 50;
+const MAX_BACKOFF_MS: u64 = 1000;
+
+/// Frames the closing server echoes on each connection before it closes.
+const ECHOED_BEFORE_CLOSE: u64 = 3;
+
+/// The wait due before retry `i` (from 1), in ms.
+fn backoff_ms(i: u64) -> u64 {
+    (FIRST_BACKOFF_MS << (i - 1).min(10)).min(MAX_BACKOFF_MS)
 }
 
 /// Connections the refusing server accepts and closes at once.
@@ -84,6 +112,8 @@ struct Corruption {
 struct Seen {
     connections: AtomicU64,
     frames: AtomicU64,
+    /// When each connection was accepted.
+    accepts: Mutex<Vec<Instant>>,
     /// The frames that were corrupted, and the overall frame count from
     /// which the next one is due.
     corrupted: Mutex<(Vec<Corruption>, u64)>,
@@ -144,7 +174,12 @@ impl TestServer {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let n = seen2.connections.fetch_add(1, Ordering::Relaxed);
-                        if fault == Fault::Refuse && n < REFUSED {
+                        seen2
+                            .accepts
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(Instant::now());
+                        if (fault == Fault::Refuse && n < REFUSED) || fault == Fault::RefuseAll {
                             drop(stream); // accept-then-close: "at capacity"
                             continue;
                         }
@@ -216,6 +251,9 @@ fn echo_connection(
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let _ = stream.set_nodelay(true);
     for frame_here in 0u64.. {
+        if fault == Fault::CloseAfter && frame_here == ECHOED_BEFORE_CLOSE {
+            return; // closed mid-run, after its first echoes
+        }
         let mut header = [0u8; 4];
         if !read_full(&mut stream, &mut header, stop) {
             return;
@@ -247,6 +285,8 @@ struct Run {
     argv: String,
     exit: Option<i32>,
     killed: bool,
+    /// From its start to its exit (or kill).
+    elapsed: Duration,
     stdout: Vec<String>,
     stderr: Vec<String>,
 }
@@ -347,7 +387,8 @@ fn run_client(
             .take()
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let mut killed = false;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -364,6 +405,7 @@ fn run_client(
         argv: shown,
         exit: status.code(),
         killed,
+        elapsed: started.elapsed(),
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     })
@@ -464,10 +506,28 @@ const REPORT_CAUSE: &str = "compare every echoed byte with what was sent; on a d
 /// The likely cause when the failures are miscounted.
 const COUNT_CAUSE: &str = "N counts the frames whose echo differed: a frame with a wrong byte but the right length leaves the stream in step, so count it once and go on verifying the frames after it";
 
+/// The likely cause when the client does not stop after its attempts.
+const BUDGET_CAUSE: &str = "make at most CONNECT_ATTEMPTS (8) connection attempts per client, refused connects and closes before the first echo counted together, then give up";
+
+/// The likely cause when the waits between attempts are wrong.
+const BACKOFF_CAUSE: &str = "wait before each retry: 50 ms before the first, doubling each time, capped at 1 s (FIRST_BACKOFF * 2^(attempt-1), at most MAX_BACKOFF)";
+
+/// The likely cause when a client that gave up is not counted.
+const GIVE_UP_CAUSE: &str = "a client that cannot connect after its attempts fails every one of its frames: count them all in N and exit non-zero";
+
+/// How a run ended, in words.
+fn exit_shown(run: &Run) -> String {
+    match (run.killed, run.exit) {
+        (true, _) => "a kill after the time limit".to_string(),
+        (false, Some(code)) => format!("exit {code}"),
+        _ => "a signal".into(),
+    }
+}
+
 impl Check for Client {
     fn summary(&self) -> String {
         format!(
-            "the client against the checker's own servers: a correct one ({} clients x {} frames), one corrupting 1 frame in 1000, one refusing the first {REFUSED} connections",
+            "the client against the checker's own servers: a correct one ({} clients x {} frames), one corrupting 1 frame in 1000, one refusing the first {REFUSED} connections, one refusing all, a port with no listener, one closing after {ECHOED_BEFORE_CLOSE} echoes",
             self.clients, self.frames
         )
     }
@@ -651,6 +711,175 @@ impl Check for Client {
             .cause("a connection closed before its first echo means the server is at capacity: wait (50 ms, then doubling) and connect again, starting from frame 0")
             .evidence(run.evidence()));
         }
+        // 4. A server that refuses every connection: the client gives up
+        //    after CONNECT_ATTEMPTS, waiting longer each time.
+        let short = Duration::from_secs(12).min(timeout.max(Duration::from_secs(8)));
+        let gf = 10;
+        let given_up = format!("1 clients, {gf} frames, {gf} failures");
+        let server = TestServer::start(Fault::RefuseAll)?;
+        ctx.log.detail(format!(
+            "refusing-all server on {} (closes every connection at once)",
+            server.addr
+        ));
+        let run = run_client(ctx, server.addr, 1, gf, short)?;
+        let accepts = server
+            .seen
+            .accepts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        drop(server);
+        let gaps: Vec<u64> = accepts
+            .windows(2)
+            .map(|w| w[1].duration_since(w[0]).as_millis() as u64)
+            .collect();
+        let shown_gaps = gaps
+            .iter()
+            .map(|g| format!("{g} ms"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut evidence = vec![format!(
+            "{} connections, the waits between them: {}",
+            accepts.len(),
+            if shown_gaps.is_empty() {
+                "none".to_string()
+            } else {
+                shown_gaps.clone()
+            }
+        )];
+        evidence.extend(run.evidence());
+        let wrong = if run.killed {
+            Some((
+                format!("it did not give up within {} s", short.as_secs()),
+                BUDGET_CAUSE,
+            ))
+        } else if accepts.len() as u64 != CONNECT_ATTEMPTS {
+            Some((
+                format!(
+                    "it connected {} times; a client makes exactly {CONNECT_ATTEMPTS} attempts before it gives up",
+                    accepts.len()
+                ),
+                BUDGET_CAUSE,
+            ))
+        } else if let Some((i, gap)) = gaps
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (i as u64 + 1, *g))
+            .find(|(i, g)| *g + 10 < backoff_ms(*i) * 9 / 10)
+        {
+            Some((
+                format!(
+                    "it waited {gap} ms before retry {i}; the wait is {} ms there (50 ms, doubling, at most 1 s)",
+                    backoff_ms(i)
+                ),
+                BACKOFF_CAUSE,
+            ))
+        } else if gaps.iter().take(3).sum::<u64>() > (1..=3).map(backoff_ms).sum::<u64>() * 3 / 2 {
+            Some((
+                format!(
+                    "its first three waits took {} ms together; 50 + 100 + 200 ms are due",
+                    gaps.iter().take(3).sum::<u64>()
+                ),
+                BACKOFF_CAUSE,
+            ))
+        } else if run.exit == Some(0) || run.last_line().trim() != given_up {
+            Some((
+                format!(
+                    "expected a non-zero exit and `{given_up}` (every frame of a client that cannot connect failed), got {} and `{}`",
+                    exit_shown(&run),
+                    run.last_line()
+                ),
+                GIVE_UP_CAUSE,
+            ))
+        } else {
+            None
+        };
+        if let Some((what, cause)) = wrong {
+            return Ok(StepOutcome::fail(format!(
+                "against a server that closed every connection at once (1 client): {what}"
+            ))
+            .cause(cause)
+            .evidence(evidence));
+        }
+        ctx.log.detail(format!(
+            "refusing-all server: {CONNECT_ATTEMPTS} connections, waits {shown_gaps}; `{}`",
+            run.last_line()
+        ));
+
+        // 5. No listener at all: connects are refused by the kernel.
+        let unused = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+        let closed_addr = unused.local_addr()?;
+        drop(unused);
+        ctx.log.detail(format!("no listener on {closed_addr}"));
+        let run = run_client(ctx, closed_addr, 1, gf, short)?;
+        let due: u64 = (1..CONNECT_ATTEMPTS).map(backoff_ms).sum();
+        let took = run.elapsed.as_millis() as u64;
+        let wrong = if run.killed {
+            Some((
+                format!("it did not give up within {} s", short.as_secs()),
+                BUDGET_CAUSE,
+            ))
+        } else if took < due * 9 / 10 {
+            Some((
+                format!(
+                    "it gave up after {took} ms; {CONNECT_ATTEMPTS} attempts with their waits take {due} ms (a refused connect is retried like a refusal)"
+                ),
+                BACKOFF_CAUSE,
+            ))
+        } else if took > due + 650 {
+            Some((
+                format!(
+                    "it gave up after {took} ms; {CONNECT_ATTEMPTS} attempts with their waits take {due} ms: more attempts or longer waits than that"
+                ),
+                BUDGET_CAUSE,
+            ))
+        } else if run.exit == Some(0) || run.last_line().trim() != given_up {
+            Some((
+                format!(
+                    "expected a non-zero exit and `{given_up}`, got {} and `{}`",
+                    exit_shown(&run),
+                    run.last_line()
+                ),
+                GIVE_UP_CAUSE,
+            ))
+        } else {
+            None
+        };
+        if let Some((what, cause)) = wrong {
+            return Ok(StepOutcome::fail(format!(
+                "against a port nothing listens on (connects refused, 1 client): {what}"
+            ))
+            .cause(cause)
+            .evidence(run.evidence()));
+        }
+        ctx.log.detail(format!(
+            "no listener: gave up after {took} ms ({due} ms of waits due); `{}`",
+            run.last_line()
+        ));
+
+        // 6. A server that closes each connection after 3 echoes.
+        let (lc, lf) = (4, 10);
+        let lost = lc * (lf - ECHOED_BEFORE_CLOSE);
+        let lost_line = format!("{lc} clients, {} frames, {lost} failures", lc * lf);
+        let server = TestServer::start(Fault::CloseAfter)?;
+        ctx.log.detail(format!(
+            "closing server on {} (closes each connection after {ECHOED_BEFORE_CLOSE} echoes)",
+            server.addr
+        ));
+        let run = run_client(ctx, server.addr, lc, lf, timeout)?;
+        drop(server);
+        if run.killed || run.exit == Some(0) || run.last_line().trim() != lost_line {
+            return Ok(StepOutcome::fail(format!(
+                "against a server that closed each connection after {ECHOED_BEFORE_CLOSE} echoes ({lc} clients x {lf} frames): expected a non-zero exit and `{lost_line}`, got {} and `{}`",
+                exit_shown(&run),
+                run.last_line()
+            ))
+            .cause("a connection lost after its first echo is not a refusal: the frame it was lost on and every later frame of that client failed (here frames 3 to 9 of each)")
+            .evidence(run.evidence()));
+        }
+        ctx.log
+            .detail(format!("closing server: `{}`", run.last_line()));
+
         Ok(StepOutcome::pass(format!(
             "correct server: `{expected_line}`; corrupted frame {bad_frame} reported, 1 failure counted, exit non-zero; {REFUSED} refusals retried ({connections} connections)"
         ))
