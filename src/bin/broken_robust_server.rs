@@ -35,6 +35,11 @@ enum Bug {
     TimeoutFromConnect,
     /// With --idle-timeout, polls with timeout 0: spins while idle.
     BusyWaitDeadline,
+    /// Takes a frame of exactly --max-frame bytes for an oversize one.
+    MaxFrameRejected,
+    /// Looks for a frame only with more than its 4 header bytes buffered:
+    /// an empty frame sent alone is never echoed.
+    HeaderAloneWaits,
     /// Not a server: a correct w02-l15 stress client.
     Client,
     /// A client that counts echoes without comparing them.
@@ -242,10 +247,16 @@ fn serve(conn: &mut Conn, ready: PollFlags, args: &Args) -> io::Result<bool> {
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        while conn.inbuf.len() >= 4 {
+        let least = if args.bug == Bug::HeaderAloneWaits {
+            5
+        } else {
+            4
+        };
+        while conn.inbuf.len() >= least {
             let len =
                 u32::from_be_bytes([conn.inbuf[0], conn.inbuf[1], conn.inbuf[2], conn.inbuf[3]]);
-            if len > args.max_frame {
+            if len > args.max_frame || (args.bug == Bug::MaxFrameRejected && len == args.max_frame)
+            {
                 return Err(io::Error::new(
                     ErrorKind::InvalidData,
                     format!(

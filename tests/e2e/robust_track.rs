@@ -29,6 +29,8 @@ const PLANTED: &[Planted] = &[
     ("never-resume", "w02-l12", "backpressure", Some("backpressure.never-resumes")),
     ("die-on-bad-input", "w02-l13", "bad_input", Some("bad_input.error-ends-the-server")),
     ("silent-close", "w02-l13", "bad_input", Some("bad_input.not-logged")),
+    ("max-frame-rejected", "w02-l13", "bad_input", None),
+    ("header-alone-waits", "w02-l13", "bad_input", None),
     ("no-idle-timeout", "w02-l14", "idle_timeout", Some("idle_timeout.not-closed")),
     ("timeout-from-connect", "w02-l14", "idle_timeout", Some("idle_timeout.active-client-closed")),
     ("busy-wait-deadline", "w02-l14", "idle_timeout", Some("idle_timeout.spins")),
@@ -372,6 +374,35 @@ fn client_probe_fails_a_client_that_counts_a_lost_connection_as_one_failure() {
             "closed each connection after 3 echoes",
             "`4 clients, 40 frames, 28 failures`",
             "every later frame of that client failed",
+        ],
+    );
+}
+
+/// L = max_frame is valid: only L > max_frame is bad input.
+#[test]
+fn bad_input_probe_fails_a_server_that_rejects_a_frame_of_exactly_max_frame() {
+    planted_fails(
+        "w02-l13",
+        "max-frame-rejected",
+        "bad_input",
+        &[
+            "a frame of exactly --max-frame bytes",
+            "closed the connection",
+            "only L > max_frame is bad input",
+        ],
+    );
+}
+
+/// An empty frame is its 4 header bytes alone: echoed at once.
+#[test]
+fn bad_input_probe_fails_a_server_that_waits_past_a_lone_header() {
+    planted_fails(
+        "w02-l13",
+        "header-alone-waits",
+        "bad_input",
+        &[
+            "an empty frame (4 header bytes, nothing after)",
+            "0 of 4 bytes echoed within 5 s",
         ],
     );
 }

@@ -12,6 +12,12 @@
 //! reset) within `close_timeout_secs` with nothing echoed, and the server
 //! must write something to stderr after the bad bytes were sent (a server
 //! that logs each connect is given 300 ms to do so before the mark).
+//!
+//! Last, the edges of the valid range on a fresh connection: an empty frame
+//! alone (4 bytes) and a frame of exactly `max_frame` bytes, its header
+//! sent 100 ms before its payload, each echoed exactly within 5 s (a server
+//! that takes `L == max_frame` for oversize, or waits for a fifth byte
+//! before it looks at a header, fails here).
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -75,6 +81,63 @@ fn good_echo(good: &mut TcpStream, round: &mut usize) -> Option<String> {
         )),
         Echoed::Failed(_, err) => Some(format!("frame {round}: reading failed: {err}")),
     }
+}
+
+/// The frames at the edges of the valid range, on a fresh connection: an
+/// empty frame alone (its 4 header bytes are a whole frame), then one of
+/// exactly `max_frame` bytes (allowed: only `L > max_frame` is bad input)
+/// whose header arrives alone, 100 ms before its payload. Each must come
+/// back exactly within 5 s. `Some(what went wrong)` otherwise.
+fn edge_frames(addr: std::net::SocketAddr, max_frame: u32) -> Option<String> {
+    let mut edge = match connect(addr) {
+        Ok(stream) => stream,
+        Err(err) => return Some(format!("connecting failed: {err}")),
+    };
+    let cases: [(&str, Vec<u8>); 2] = [
+        ("an empty frame (4 header bytes, nothing after)", Vec::new()),
+        (
+            "a frame of exactly --max-frame bytes, its header sent alone first",
+            vec![b'm'; max_frame as usize],
+        ),
+    ];
+    for (what, payload) in cases {
+        let frame = stress::frame::encode(&payload);
+        let sent = edge.write_all(&frame[..4]).and_then(|()| {
+            if frame.len() > 4 {
+                std::thread::sleep(Duration::from_millis(100));
+                edge.write_all(&frame[4..])
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(err) = sent {
+            return Some(format!("{what}: sending failed: {err}"));
+        }
+        match read_echo(
+            &mut edge,
+            frame.len(),
+            Instant::now() + Duration::from_secs(5),
+        ) {
+            Echoed::Complete(got) if got == frame => {}
+            Echoed::Complete(_) => return Some(format!("{what}: the echo differs")),
+            Echoed::Eof(got) => {
+                return Some(format!(
+                    "{what}: the server closed the connection after {} of {} bytes",
+                    got.len(),
+                    frame.len()
+                ))
+            }
+            Echoed::TimedOut(got) => {
+                return Some(format!(
+                    "{what}: {} of {} bytes echoed within 5 s",
+                    got.len(),
+                    frame.len()
+                ))
+            }
+            Echoed::Failed(_, err) => return Some(format!("{what}: reading failed: {err}")),
+        }
+    }
+    None
 }
 
 /// One client's bad input ending the whole server.
@@ -271,6 +334,22 @@ impl Check for BadInput {
         if let Some(what) = good_echo(&mut good, &mut round) {
             return Ok(self.disturbed(&mut server, "the garbage client", what));
         }
+
+        // The edges of the valid range are good input, not bad.
+        if let Some(what) = edge_frames(server.addr, self.max_frame) {
+            if server.death_notice().is_some() {
+                return Ok(self.disturbed(&mut server, "the edge frames", what));
+            }
+            return Ok(StepOutcome::fail(format!(
+                "a frame at the edge of the valid range was not echoed: {what}"
+            ))
+            .cause("0 <= L <= --max-frame is valid: an empty frame is its 4 header bytes alone and is echoed at once; a frame of exactly --max-frame bytes is echoed; only L > max_frame is bad input (and a header alone is not yet a frame: wait for its payload)")
+            .evidence(Ctx::server_evidence(&mut server)));
+        }
+        ctx.log.detail(format!(
+            "edge frames: an empty frame alone and a {}-byte frame (its header first) echoed",
+            self.max_frame
+        ));
         Ok(StepOutcome::pass(format!(
             "{} idle connects, an oversize header and {} bytes of garbage: both bad connections closed and logged; the well-behaved client got all {round} echoes",
             self.idle_connections, garbage.len()
