@@ -94,8 +94,8 @@ fn a_hint_number_past_the_lessons_hints_is_rejected() {
 /// holding `entry` (one `id: hints` line) besides its own.
 fn w02_l16_with_cause(entry: &str) -> (i32, String) {
     let yaml = real_course().replace(
-        "    causes:\n      stress.framing: 3\n",
-        &format!("    causes:\n      {entry}\n      stress.framing: 3\n"),
+        "    causes:\n      stress.framing: [1, 3]\n",
+        &format!("    causes:\n      {entry}\n      stress.framing: [1, 3]\n"),
     );
     assert_ne!(yaml, real_course(), "the test's edit must apply");
     checker_with_course(&yaml, "w02-l16")
