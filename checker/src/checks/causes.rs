@@ -73,6 +73,7 @@ pub const CAUSE_IDS: &[&str] = &[
     // hold
     "hold.blocking-sockets",
     "hold.closed-held",
+    "hold.logs-while-idle",
     "hold.one-at-a-time",
     "hold.served-only-some",
     "hold.sockets-not-kept",
@@ -192,6 +193,7 @@ pub const CAUSE_IDS: &[&str] = &[
     "capacity.refuses-below-the-limit",
     // broken_pipes
     "broken_pipes.error-ends-the-server",
+    "broken_pipes.retries-failed-write",
     // perf
     "perf.buffers-kept",
     "perf.burst-quadratic",
