@@ -258,7 +258,7 @@ impl BadInput {
 impl Check for BadInput {
     fn summary(&self) -> String {
         format!(
-            "{} idle connects, an oversize header and {} bytes of garbage, each on its own connection: bad ones closed and logged, a well-behaved client echoed throughout",
+            "{} idle connects, an oversize header and {} bytes of garbage, each on its own connection: bad ones closed and logged, a well-behaved client echoed throughout; an empty frame and one of exactly --max-frame bytes echoed",
             self.idle_connections, self.garbage_bytes
         )
     }
@@ -351,7 +351,7 @@ impl Check for BadInput {
             self.max_frame
         ));
         Ok(StepOutcome::pass(format!(
-            "{} idle connects, an oversize header and {} bytes of garbage: both bad connections closed and logged; the well-behaved client got all {round} echoes",
+            "{} idle connects, an oversize header and {} bytes of garbage: both bad connections closed and logged; the well-behaved client got all {round} echoes; the edge frames echoed",
             self.idle_connections, garbage.len()
         ))
         .proof_line(format!(
