@@ -88,12 +88,14 @@ impl Check for BrokenPipes {
                     Err(err) => {
                         // Usually the server died mid-batch (a refused
                         // connect can come before it can be reaped): say so.
-                        let message = match server.death_notice_within(Duration::from_secs(2)) {
-                            Some(death) => format!(
-                                "the server died after {reset_count} clients reset with echoes pending: {death}"
-                            ),
-                            None => format!("client {client}: connect failed: {err}"),
+                        let Some(death) = server.death_notice_within(Duration::from_secs(2)) else {
+                            // Alive: stuck (busy) or no longer accepting.
+                            let message = format!("client {client}: connect failed after {reset_count} clients reset with echoes pending: {err}");
+                            return Ok(stuck_or_ended(&mut server, message));
                         };
+                        let message = format!(
+                            "the server died after {reset_count} clients reset with echoes pending: {death}"
+                        );
                         return Ok(fail(&mut server, message, ERROR_ENDS_THE_SERVER, CAUSE)
                             .explains_death(ERROR_ENDS_THE_SERVER));
                     }

@@ -110,9 +110,19 @@ pub(super) fn connect_small_window(addr: SocketAddr) -> std::io::Result<TcpStrea
     };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::RcvBuf, &SMALL_RCVBUF)?;
+    // A bounded connect (Linux's connect() honours SO_SNDTIMEO): a server
+    // that stopped accepting fills its backlog, and SYN retries would
+    // otherwise wait minutes. Then no timeout again, for the writes.
+    let bound = nix::sys::time::TimeVal::new(3, 0);
+    setsockopt(&fd, sockopt::SendTimeout, &bound)?;
     connect(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         &SockaddrStorage::from(addr),
+    )?;
+    setsockopt(
+        &fd,
+        sockopt::SendTimeout,
+        &nix::sys::time::TimeVal::new(0, 0),
     )?;
     Ok(TcpStream::from(fd))
 }
