@@ -38,6 +38,12 @@ enum Bug {
     NoPollout,
     /// Asks for POLLOUT at all times: poll() returns at once, for ever.
     PolloutAlways,
+    /// A nap loop (poll with a 1 ms timeout) that tries accept() on every
+    /// pass and logs its WouldBlock as an error: a stderr line per pass.
+    LogsWouldBlock,
+    /// Retries every write error but WouldBlock, as if each were EINTR: a
+    /// reset client's ECONNRESET, then EPIPE, comes back for ever.
+    RetriesWriteErrors,
 }
 
 #[derive(Parser, Debug)]
@@ -85,10 +91,10 @@ fn main() -> io::Result<()> {
         std::thread::spawn(|| fixture::park_forever());
     }
     listener.set_nonblocking(true)?;
-    let timeout = if args.bug == Bug::BusyLoop {
-        PollTimeout::ZERO
-    } else {
-        PollTimeout::NONE
+    let timeout = match args.bug {
+        Bug::BusyLoop => PollTimeout::ZERO,
+        Bug::LogsWouldBlock => PollTimeout::from(1u8),
+        _ => PollTimeout::NONE,
     };
     let mut conns: Vec<Conn> = Vec::new();
     loop {
@@ -116,8 +122,17 @@ fn main() -> io::Result<()> {
             }
         }
         conns.retain(|c| !c.closed);
-        if ready[0].contains(PollFlags::POLLIN) {
-            while let Ok((stream, _)) = listener.accept() {
+        if ready[0].contains(PollFlags::POLLIN) || args.bug == Bug::LogsWouldBlock {
+            loop {
+                let stream = match listener.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        if args.bug == Bug::LogsWouldBlock {
+                            eprintln!("accept failed: {e}");
+                        }
+                        break;
+                    }
+                };
                 if args.bug != Bug::BlockingSockets {
                     let _ = stream.set_nonblocking(true);
                 }
@@ -186,7 +201,8 @@ fn serve(conn: &mut Conn, ready: PollFlags, args: &Args) {
                 }
                 break;
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted || args.bug == Bug::RetriesWriteErrors => {
+            }
             Err(_) => {
                 conn.closed = true;
                 break;

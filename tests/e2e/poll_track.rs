@@ -24,9 +24,12 @@ const PLANTED: &[Planted] = &[
     ("stall-on-partial", "w02-l06", "stalled_client", Some("stalled_client.blocks-on-partial-frame")),
     ("busy-loop", "w02-l06", "idle_cpu", Some("idle_cpu.spins")),
     ("busy-loop", "w02-l05", "idle_cpu", Some("idle_cpu.spins")),
+    ("logs-would-block", "w02-l05", "hold", Some("hold.logs-while-idle")),
     ("one-frame-per-read", "w02-l07", "frames", Some("frames.pipelined")),
     ("drop-partial-write", "w02-l08", "slow_reader", Some("slow_reader.bytes-lost")),
     ("no-pollout", "w02-l08", "slow_reader", Some("slow_reader.echo-stalled")),
+    ("retries-write-errors", "w02-l08", "broken_pipes", Some("broken_pipes.retries-failed-write")),
+    ("retries-write-errors", "w02-l11", "broken_pipes", Some("broken_pipes.retries-failed-write")),
     ("pollout-always", "w02-l08", "idle_cpu", Some("idle_cpu.spins")),
 ];
 
@@ -204,6 +207,25 @@ fn slow_reader_probe_fails_a_server_that_ignores_the_count_write_returns() {
             "ask poll() for POLLOUT while that buffer is not empty",
         ],
     );
+}
+
+/// A write error retried as if it were EINTR: clients that send a frame
+/// and reset while the server is stopped make the echo's write the call
+/// that fails, and the server spins on EPIPE, serving no one.
+#[test]
+fn broken_pipes_probe_fails_a_server_that_retries_write_errors() {
+    let failed = track_fixture_fails_as(
+        FIXTURE,
+        "w02-l08",
+        "retries-write-errors",
+        "broken_pipes",
+        Some("broken_pipes.retries-failed-write"),
+    );
+    let text = failed.to_string();
+    assert!(text.contains("reset"), "{failed}");
+    assert!(text.contains("answers no one"), "{failed}");
+    assert!(text.contains("on every retry"), "{failed}");
+    assert_eq!(quoted_hints(&failed), vec![5], "{failed}");
 }
 
 /// The hint numbers a failure quotes.

@@ -3,7 +3,11 @@
 //! A server that serves one client at a time (a blocking loop) answers the
 //! first and leaves the rest waiting. Optionally (`nonblocking: true`) every
 //! client socket the server holds must have O_NONBLOCK set, read from
-//! /proc/PID/fdinfo (the listening socket is not judged).
+//! /proc/PID/fdinfo (the listening socket is not judged). Optionally
+//! (`quiet_ms`) the server, all connections held and silent, must stay
+//! quiet on stderr for that long: nothing happens, so at most
+//! `QUIET_MAX_LINES` lines (room for a periodic status line). A loop that
+//! logs WouldBlock ("nothing now") as an error writes a line every pass.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -26,6 +30,8 @@ pub struct Hold {
     pub timeout_secs: u64,
     /// Also require O_NONBLOCK on every client socket of the server.
     pub nonblocking: bool,
+    /// Then, everything idle, watch stderr this long (0: not judged).
+    pub quiet_ms: u64,
     pub args: Vec<String>,
 }
 
@@ -35,6 +41,7 @@ impl Default for Hold {
             connections: 100,
             timeout_secs: 10,
             nonblocking: false,
+            quiet_ms: 0,
             args: Vec::new(),
         }
     }
@@ -43,6 +50,11 @@ impl Default for Hold {
 /// A held connection the server closed or reset.
 const CLOSED_HELD: &str = "hold.closed-held";
 const CLOSED_HELD_CAUSE: &str = "the server closed or reset a connection it should be holding";
+
+/// Stderr lines an idle server may write in the `quiet_ms` window.
+const QUIET_MAX_LINES: usize = 20;
+/// Let the lines about the echoes reach the capture before the window opens.
+const QUIET_SETTLE: Duration = Duration::from_millis(200);
 
 /// How a held connection's echo fell short.
 #[derive(Clone, Copy)]
@@ -150,12 +162,20 @@ pub(super) fn blocking_client_sockets(pid: Pid, port: u16) -> Result<(usize, Vec
 impl Check for Hold {
     fn summary(&self) -> String {
         format!(
-            "hold {} connections open at once; every one echoes a frame while all are held{}",
+            "hold {} connections open at once; every one echoes a frame while all are held{}{}",
             self.connections,
             if self.nonblocking {
                 "; every client socket of the server non-blocking"
             } else {
                 ""
+            },
+            if self.quiet_ms > 0 {
+                format!(
+                    "; then, all idle, at most {QUIET_MAX_LINES} stderr lines in {} ms",
+                    self.quiet_ms
+                )
+            } else {
+                String::new()
             }
         )
     }
@@ -288,6 +308,33 @@ impl Check for Hold {
                 .detail(format!("{judged} client sockets, all with O_NONBLOCK"));
             proof.push(format!(
                 "hold: {judged} client sockets of the server, all O_NONBLOCK"
+            ));
+        }
+        if self.quiet_ms > 0 {
+            std::thread::sleep(QUIET_SETTLE);
+            let mark = server.output_mark();
+            std::thread::sleep(Duration::from_millis(self.quiet_ms));
+            let logged = server.stderr_since(mark, Duration::ZERO);
+            if logged.len() > QUIET_MAX_LINES {
+                return Ok(StepOutcome::fail(format!(
+                    "{} stderr lines in {} ms while all {} connections were held and silent (at most {QUIET_MAX_LINES})",
+                    logged.len(),
+                    self.quiet_ms,
+                    held.len()
+                ))
+                .cause_as("hold.logs-while-idle", "the server logs while nothing happens: WouldBlock from accept() or read() means \"nothing now\", an arm of its own before the catch-all Err that logs real errors")
+                .evidence(Ctx::server_evidence(&mut server))
+                .figure("idle_stderr_lines", logged.len()));
+            }
+            ctx.log.detail(format!(
+                "{} stderr lines in {} ms of quiet",
+                logged.len(),
+                self.quiet_ms
+            ));
+            proof.push(format!(
+                "hold: {} stderr lines in {} ms with every connection idle",
+                logged.len(),
+                self.quiet_ms
             ));
         }
         let mut outcome = StepOutcome::pass(format!(
