@@ -56,6 +56,29 @@ const MARKER_VAR: &str = "EPOLL_COURSE_CHECKER_SERVER";
 /// Every server still alive (process group, marker), for the Ctrl-C handler.
 static LIVE_GROUPS: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
 
+/// Corks a client socket (TCP_CORK): what it writes is held until it is
+/// uncorked or shut down, so a frame and the FIN behind it leave in one
+/// segment and the server finds both queued in one wake-up.
+pub fn cork(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: nix::libc::c_int = 1;
+    // SAFETY: a valid socket fd and a pointer to a c_int of the size given.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            stream.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_CORK,
+            (&on as *const nix::libc::c_int).cast(),
+            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// What went wrong inside the servers stopped since the last
 /// [`take_incidents`]: the run reads it after each step, so a death or a
 /// panic is the step's verdict whatever its clients happened to see.

@@ -293,10 +293,13 @@ impl Disconnects {
             })
             .collect();
         // All of them first, each frame and its FIN back to back, so the
-        // server finds both queued on many sockets when it reads.
+        // server finds both queued on many sockets when it reads: corked,
+        // the frame waits for the FIN and both leave in one segment, however
+        // loaded the machine (else they may arrive in two wake-ups, and a
+        // server that stops after a short read would see the EOF anyway).
         for (client, (stream, frame)) in streams.iter_mut().zip(&frames).enumerate() {
-            stream
-                .write_all(frame)
+            crate::server::cork(stream)
+                .and_then(|()| stream.write_all(frame))
                 .and_then(|()| stream.shutdown(Shutdown::Write))
                 .map_err(|e| format!("client {client}: sending a frame and EOF failed: {e}"))?;
         }
