@@ -111,6 +111,15 @@ enum Command {
     /// For maintainers: rewrite each lesson README's "What the checker runs"
     /// list from course.yaml's steps (validate fails when one differs)
     Readmes,
+    /// For maintainers: generate each lesson's stub from its solution's marked
+    /// regions, and count the code lines of its gaps (default: check only)
+    Stubs {
+        /// Only these lessons (default: all)
+        ids: Vec<String>,
+        /// Write the generated stubs (default: report the ones that differ, exit 1)
+        #[arg(long)]
+        write: bool,
+    },
     /// For maintainers: mutation testing of each lesson's gap functions,
     /// the checker as the oracle; writes docs/mutants/<id>.json and docs/MUTANTS.md
     Mutants {
@@ -268,6 +277,7 @@ fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Stubs { ids, write } => crate::stubs::command(&course, &ids, write),
         Command::Mutants {
             ids,
             mutant,

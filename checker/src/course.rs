@@ -58,6 +58,15 @@ pub struct Lesson {
     /// scope of `checker mutants` (docs/MUTANTS.md).
     #[serde(default)]
     pub gaps: Vec<String>,
+    /// The fewest code lines the gaps may hold (default 25, never under 12),
+    /// with the reason a lesson's idea is smaller.
+    #[serde(default)]
+    pub floor: Option<Floor>,
+    /// Set while a lesson still has its old fill-in-the-blank stub: its
+    /// floor and dictation findings are warnings, not problems, until the
+    /// rewrite lands (the reason names the issue).
+    #[serde(default)]
+    pub rewrite_pending: Option<String>,
     /// Flags every server start of this lesson gets (after `--port 0`).
     #[serde(default)]
     pub server_args: Vec<String>,
@@ -70,6 +79,19 @@ pub struct Lesson {
     pub verify: Vec<Step>,
     pub proof: Proof,
 }
+
+/// A lesson's own floor for its gaps' code lines (see `Lesson::floor`).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Floor {
+    pub lines: usize,
+    pub reason: String,
+}
+
+/// Code lines a lesson's gaps hold at least, unless it says otherwise.
+pub const DEFAULT_FLOOR: usize = 25;
+/// No lesson's own floor is lower (the bug hunt has none).
+pub const LOWEST_FLOOR: usize = 12;
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +144,16 @@ impl Course {
 }
 
 impl Lesson {
+    /// The code lines this lesson's gaps must hold; `None` for the bug hunt,
+    /// whose student changes lines rather than writing them.
+    pub fn floor_lines(&self) -> Option<usize> {
+        match (&self.floor, self.stub_style) {
+            (_, StubStyle::BugHunt) => None,
+            (Some(floor), _) => Some(floor.lines),
+            (None, _) => Some(DEFAULT_FLOOR),
+        }
+    }
+
     /// The compiled proof regexes (they compiled at load time).
     pub fn proof_regexes(&self) -> Vec<Regex> {
         self.proof
@@ -317,6 +349,24 @@ fn check_sound(course: &Course) -> Result<()> {
             if !gaps_seen.insert(gap) {
                 bail!("{}: `{gap}` is listed twice", at(&format!("gaps[{i}]")));
             }
+        }
+        if let Some(floor) = &lesson.floor {
+            if floor.lines < LOWEST_FLOOR {
+                bail!(
+                    "{}: {} is under {LOWEST_FLOOR}, the lowest floor a lesson may set",
+                    at("floor.lines"),
+                    floor.lines
+                );
+            }
+            if floor.reason.trim().is_empty() {
+                bail!(
+                    "{}: say why this lesson's idea is smaller",
+                    at("floor.reason")
+                );
+            }
+        }
+        if matches!(&lesson.rewrite_pending, Some(reason) if reason.trim().is_empty()) {
+            bail!("{}: name what the rewrite waits for", at("rewrite_pending"));
         }
         if !matches!(lesson.verify.first(), Some(step) if matches!(step.kind, StepKind::Build(_))) {
             bail!("{}: must start with `build`", at("verify"));

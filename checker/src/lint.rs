@@ -5,8 +5,6 @@
 
 use std::path::Path;
 
-use similar::{ChangeTag, TextDiff};
-
 use crate::course::{Course, Lesson, StubStyle};
 
 /// The sections every lesson README has, in this order.
@@ -27,10 +25,92 @@ pub fn lesson_problems(course: &Course, lesson: &Lesson) -> Vec<String> {
             stub.display()
         ));
     }
+    match crate::stubs::drift(course, lesson) {
+        Ok(drift) => problems.extend(drift),
+        Err(e) => problems.push(format!("{e:#}")),
+    }
     if lesson.stub_style == StubStyle::Gaps {
-        drift_problems(&stub, &solution, &mut problems);
+        stub_text_problems(course, lesson, &mut problems);
     }
     problems
+}
+
+/// What the rewrite of the lessons (issues 14 and 15) holds every lesson to:
+/// its gaps hold at least its floor of code lines, and no text a student
+/// reads before writing them dictates their code. A lesson still marked
+/// `rewrite_pending` shows these as warnings.
+pub fn rewrite_findings(course: &Course, lesson: &Lesson) -> Vec<String> {
+    let Ok(generated) = crate::stubs::generate(course, lesson) else {
+        return Vec::new(); // lesson_problems reports why
+    };
+    let mut findings = Vec::new();
+    if let Some(floor) = lesson.floor_lines() {
+        if generated.lines() < floor {
+            findings.push(format!(
+                "its gaps hold {} code lines, under its floor of {floor} (`checker stubs {}` counts them)",
+                generated.lines(),
+                lesson.id
+            ));
+        }
+    }
+    for gap in &lesson.gaps {
+        let name = gap.rsplit("::").next().unwrap_or(gap);
+        if !generated
+            .regions
+            .iter()
+            .any(|r| r.gap.as_deref() == Some(name))
+        {
+            findings.push(format!(
+                "`{gap}` is in `gaps:` but the solution has no `BEGIN GAP {name}` region"
+            ));
+        }
+    }
+    let stub_text: Vec<(String, String)> = generated
+        .files
+        .iter()
+        .filter(|(path, _)| path.extension().is_some_and(|e| e == "rs"))
+        .map(|(path, text)| {
+            (
+                format!("{}/{}", lesson.stub.display(), path.display()),
+                crate::dictation::code_prose(text),
+            )
+        })
+        .collect();
+    let readme = std::fs::read_to_string(course.readme_path(lesson)).unwrap_or_default();
+    let readme_label = format!("{}/README.md", lesson.stub.display());
+    let sections: Vec<(String, String)> = ["Concept", "Task", "Pitfalls"]
+        .iter()
+        .map(|name| (format!("{readme_label}, {name}"), section(&readme, name)))
+        .collect();
+    let hints = lesson.hints.len().saturating_sub(1);
+    let mut prose: Vec<crate::dictation::Prose> = stub_text
+        .iter()
+        .chain(&sections)
+        .map(|(place, text)| crate::dictation::Prose {
+            place: place.clone(),
+            text,
+        })
+        .collect();
+    prose.extend(lesson.hints[..hints].iter().enumerate().map(|(i, text)| {
+        crate::dictation::Prose {
+            place: format!("course.yaml, hint {}", i + 1),
+            text,
+        }
+    }));
+    findings.extend(crate::dictation::findings(&generated.hidden_code(), &prose));
+    findings
+}
+
+/// A README section's text, without its heading (empty when absent).
+fn section(readme: &str, name: &str) -> String {
+    let heading = format!("## {name}");
+    readme
+        .lines()
+        .skip_while(|l| l.trim() != heading)
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn readme_problems(course: &Course, lesson: &Lesson, problems: &mut Vec<String>) {
@@ -177,45 +257,23 @@ fn package_name_problems(crate_dir: &Path, expected: &str, problems: &mut Vec<St
     }
 }
 
-/// Every hunk where stub and solution differ must be, on the stub's side,
-/// only comments, blank lines and `todo!(` lines, with a `// TODO` among them.
-fn drift_problems(stub: &Path, solution: &Path, problems: &mut Vec<String>) {
-    let stub_files = rust_files(&stub.join("src"));
-    let solution_files = rust_files(&solution.join("src"));
-    let names =
-        |files: &[(String, String)]| files.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    if names(&stub_files) != names(&solution_files) {
-        problems.push(format!(
-            "{} and {} must have the same files in src/ ({:?} vs {:?})",
-            stub.display(),
-            solution.display(),
-            names(&stub_files),
-            names(&solution_files)
-        ));
+/// A gaps-style stub gives the student the solution minus its gaps: a
+/// region's stub text holds only comments, blank lines and `todo!()`.
+fn stub_text_problems(course: &Course, lesson: &Lesson, problems: &mut Vec<String>) {
+    let Ok(generated) = crate::stubs::generate(course, lesson) else {
         return;
-    }
-    for ((name, stub_text), (_, solution_text)) in stub_files.iter().zip(&solution_files) {
-        let diff = TextDiff::from_lines(solution_text, stub_text);
-        for group in diff.grouped_ops(0) {
-            let stub_lines: Vec<String> = group
-                .iter()
-                .flat_map(|op| diff.iter_changes(op))
-                .filter(|c| c.tag() == ChangeTag::Insert)
-                .map(|c| c.value().trim().to_string())
-                .collect();
-            let first_line = group
-                .first()
-                .map(|op| op.new_range().start + 1)
-                .unwrap_or(0);
-            let allowed = |l: &String| l.is_empty() || l.starts_with("//") || l.contains("todo!(");
-            if !stub_lines.iter().all(allowed)
-                || !stub_lines.iter().any(|l| l.starts_with("// TODO"))
-            {
-                problems.push(format!(
-                    "{}/src/{name}:{first_line}: the stub differs from the solution outside a `// TODO` gap (a gap holds only comments, blank lines and todo!())",
-                    stub.display()
-                ));
-            }
+    };
+    for region in generated.regions.iter().filter(|r| r.is_code()) {
+        let code = region.stub.iter().flatten().map(|l| l.trim()).find(|l| {
+            !(l.is_empty() || l.starts_with("//") || l.contains("todo!(") || l.starts_with('#'))
+        });
+        if let Some(code) = code {
+            problems.push(format!(
+                "{}/{}:{}: the stub's text holds code (`{code}`); in a gaps-style lesson it holds only comments, blank lines and todo!()",
+                lesson.solution.display(),
+                region.file,
+                region.line
+            ));
         }
     }
 }

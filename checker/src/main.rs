@@ -25,6 +25,7 @@ mod build;
 mod checks;
 mod cli;
 mod course;
+mod dictation;
 mod grade;
 mod hashing;
 mod lint;
@@ -36,6 +37,7 @@ mod proof;
 mod report;
 mod run;
 mod server;
+mod stubs;
 mod student;
 mod validate;
 

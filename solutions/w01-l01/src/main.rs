@@ -51,6 +51,7 @@ fn main() -> ExitCode {
 
 /// Serves clients one after another, forever.
 fn accept_loop(listener: &TcpListener) {
+    // BEGIN GAP accept_loop
     loop {
         // accept() sleeps until a client connects. While echo_client below is
         // busy with one client, nobody else gets accepted: they wait in the
@@ -71,11 +72,20 @@ fn accept_loop(listener: &TcpListener) {
             Err(e) => eprintln!("accept failed: {e}"),
         }
     }
+    // STUB
+    // // TODO: loop forever. `listener.accept()` blocks until a client connects
+    // // and returns `(stream, peer)`. Pass the stream to `echo_client`, then log
+    // // to stderr how it went, with `peer` in the line. An error from one client
+    // // (or from accept itself) is logged and the loop goes on to the next one:
+    // // it must never end the server.
+    // todo!()
+    // END GAP
 }
 
 /// Echoes everything one client sends until it closes its side.
 /// Returns the number of bytes echoed.
 fn echo_client(stream: &mut TcpStream) -> io::Result<u64> {
+    // BEGIN GAP echo_client
     let mut buf = [0u8; 16 * 1024];
     let mut total = 0u64;
     loop {
@@ -95,4 +105,13 @@ fn echo_client(stream: &mut TcpStream) -> io::Result<u64> {
         stream.write_all(&buf[..n])?;
         total += n as u64;
     }
+    // STUB
+    // // TODO: make a buffer (a few KiB) and loop: `stream.read(&mut buf)` blocks
+    // // until bytes arrive and returns how many. Ok(0) means the client closed
+    // // its side: return the total echoed. Otherwise send back exactly those
+    // // bytes with `stream.write_all(&buf[..n])`; a single `write` may take only
+    // // some. Retry a read that fails with ErrorKind::Interrupted; return any
+    // // other error with `?`.
+    // todo!()
+    // END GAP
 }

@@ -100,6 +100,7 @@ fn serve_client(stream: &mut TcpStream, max_frame: usize) -> io::Result<u64> {
 ///   The payload is not read: the stream is out of step and must be closed.
 /// - any other `Err` from the stream (a reset, say).
 fn read_frame(stream: &mut impl Read, max_frame: usize) -> io::Result<Option<Vec<u8>>> {
+    // BEGIN GAP read_frame
     let mut header = [0u8; HEADER_LEN];
     let mut filled = 0;
     // read() returns whatever has arrived, maybe a single byte: loop until
@@ -135,12 +136,27 @@ fn read_frame(stream: &mut impl Read, max_frame: usize) -> io::Result<Option<Vec
     let mut payload = vec![0u8; len];
     stream.read_exact(&mut payload)?;
     Ok(Some(payload))
+    // STUB
+    // // TODO: read the 4-byte length prefix into `[0u8; HEADER_LEN]`. One
+    // // read() may return fewer bytes than asked, even a single one: loop,
+    // // adding up `filled`, until all 4 are in. Ok(0) before the first byte is
+    // // a clean end (return Ok(None)); Ok(0) after some bytes is an
+    // // io::Error of ErrorKind::UnexpectedEof. Retry ErrorKind::Interrupted.
+    // // TODO: decode L with u32::from_be_bytes(header). If L > max_frame,
+    // // return an io::Error of ErrorKind::InvalidData (name L and the limit)
+    // // without reading the payload.
+    // // TODO: read exactly L payload bytes into `vec![0u8; L]` (read_exact
+    // // loops over short reads; for L = 0 it reads nothing) and return
+    // // Ok(Some(payload)).
+    // todo!()
+    // END GAP
 }
 
 /// Writes `payload` as one frame: its 4-byte big-endian length, then the
 /// bytes, with a single `write_all` (one buffer, so small frames leave in
 /// one segment instead of two).
 fn write_frame(stream: &mut impl Write, payload: &[u8]) -> io::Result<()> {
+    // BEGIN GAP write_frame
     let len = u32::try_from(payload.len()).map_err(|_| {
         io::Error::new(
             ErrorKind::InvalidInput,
@@ -151,6 +167,13 @@ fn write_frame(stream: &mut impl Write, payload: &[u8]) -> io::Result<()> {
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(payload);
     stream.write_all(&frame)
+    // STUB
+    // // TODO: build one buffer: L as a u32 in big-endian bytes
+    // // (u32::try_from(payload.len()), then .to_be_bytes()), then the payload,
+    // // and send it with one write_all. A payload too long for a u32 is an
+    // // io::Error of ErrorKind::InvalidInput.
+    // todo!()
+    // END GAP
 }
 
 #[cfg(test)]

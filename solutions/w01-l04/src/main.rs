@@ -91,6 +91,7 @@ fn main() -> ExitCode {
 /// Starts `workers` threads, all taking jobs from one queue, and returns
 /// the sending end of that queue.
 fn start_workers(workers: usize, max_frame: usize) -> io::Result<Sender<Job>> {
+    // BEGIN GAP start_workers
     // An unbounded channel is the waiting room: a client queued while every
     // worker is busy stays there until one frees, it is never dropped.
     let (sender, receiver) = mpsc::channel::<Job>();
@@ -104,11 +105,21 @@ fn start_workers(workers: usize, max_frame: usize) -> io::Result<Sender<Job>> {
             .spawn(move || worker_loop(id, &receiver, max_frame))?;
     }
     Ok(sender)
+    // STUB
+    // // TODO: make the queue with mpsc::channel::<Job>() (unbounded: a client
+    // // queued while every worker is busy waits there, it is never dropped).
+    // // Share the receiver: Arc::new(Mutex::new(receiver)). Start `workers`
+    // // threads with thread::Builder (name them `worker {id}`; `?` on spawn),
+    // // each running worker_loop(id, &receiver, max_frame) on its own
+    // // Arc::clone. Return the sender.
+    // todo!()
+    // END GAP
 }
 
 /// One worker: take the next queued client, serve it until it leaves, and
 /// go back to the queue, forever.
 fn worker_loop(id: usize, queue: &Mutex<Receiver<Job>>, max_frame: usize) {
+    // BEGIN GAP worker_loop
     loop {
         // The guard is a temporary dropped at the end of this statement: the
         // lock is held while waiting for a job (the other idle workers wait
@@ -126,6 +137,15 @@ fn worker_loop(id: usize, queue: &Mutex<Receiver<Job>>, max_frame: usize) {
         );
         handle_client(job.stream, job.peer, max_frame);
     }
+    // STUB
+    // // TODO: loop forever: take the next job with
+    // // `queue.lock().unwrap_or_else(|e| e.into_inner()).recv()` in one
+    // // statement, so the lock is released before serving. Err from recv()
+    // // means every sender is gone: return. Log which worker took which peer
+    // // and how long it waited (job.queued_at.elapsed()), then
+    // // handle_client(job.stream, job.peer, max_frame).
+    // todo!()
+    // END GAP
 }
 
 /// Accepts clients forever and queues each one for the pool.
@@ -133,6 +153,7 @@ fn accept_loop(listener: &TcpListener, queue: &Sender<Job>) {
     loop {
         match listener.accept() {
             Ok((stream, peer)) => {
+                // BEGIN GAP accept_loop
                 // The accept loop never serves anyone itself: it hands the
                 // connection over and goes straight back to accept(), so
                 // clients keep being accepted (and queued) while every
@@ -147,6 +168,13 @@ fn accept_loop(listener: &TcpListener, queue: &Sender<Job>) {
                     eprintln!("{peer}: no worker left to serve it; stopping");
                     return;
                 }
+                // STUB
+                // // TODO: never serve here: wrap the stream in a Job (peer,
+                // // queued_at: Instant::now()) and send it on `queue`, then go
+                // // straight back to accept(). send() fails only once every
+                // // worker has ended: log it and return.
+                // todo!()
+                // END GAP
             }
             Err(e) => eprintln!("accept failed: {e}"),
         }

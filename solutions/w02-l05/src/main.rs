@@ -51,12 +51,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // BEGIN GAP main
     // A blocking accept() would sleep until the next client connects, and
     // nobody already connected would be served meanwhile.
     if let Err(e) = listener.set_nonblocking(true) {
         eprintln!("error: cannot make the listener non-blocking: {e}");
         return ExitCode::FAILURE;
     }
+    // STUB
+    // // TODO: make the listener non-blocking (`listener.set_nonblocking(true)`);
+    // // on error, print it to stderr and return ExitCode::FAILURE. Without it,
+    // // accept() sleeps until one more client connects and nobody is served.
+    // END GAP
     println!("listening on {local}");
 
     let mut conns: Vec<Conn> = Vec::new();
@@ -121,8 +127,13 @@ impl Conn {
                     self.stream.write_all(&chunk[..n])?;
                     return Ok(Progress::Echoed);
                 }
+                // BEGIN GAP echo_available
                 // Nothing there now: move on to the next connection.
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Progress::Nothing),
+                // STUB
+                // // TODO: an `ErrorKind::WouldBlock` error means no bytes are
+                // // waiting: return Ok(Progress::Nothing) and visit the next one.
+                // END GAP
                 // A signal interrupted the call: just try again.
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 // Anything else belongs to this connection only.
@@ -138,8 +149,13 @@ fn accept_clients(listener: &TcpListener, conns: &mut Vec<Conn>) -> bool {
     loop {
         let (stream, peer) = match listener.accept() {
             Ok(pair) => pair,
+            // BEGIN GAP accept_clients
             // The queue is empty: back to serving the connected clients.
             Err(e) if e.kind() == ErrorKind::WouldBlock => return accepted,
+            // STUB
+            // // TODO: `ErrorKind::WouldBlock` means the queue is empty: return
+            // // `accepted` and go back to serving the connected clients.
+            // END GAP
             // A signal interrupted the call: just try again.
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             // ECONNABORTED, EMFILE...: not a reason to stop the server.
@@ -148,12 +164,17 @@ fn accept_clients(listener: &TcpListener, conns: &mut Vec<Conn>) -> bool {
                 return accepted;
             }
         };
+        // BEGIN GAP accept_clients
         // An accepted socket does not inherit O_NONBLOCK from the listener:
         // set it on each one, or the first read() puts the server to sleep.
         if let Err(e) = stream.set_nonblocking(true) {
             eprintln!("{peer}: cannot make the socket non-blocking: {e}");
             continue;
         }
+        // STUB
+        // // TODO: make `stream` non-blocking (it does not inherit O_NONBLOCK
+        // // from the listener); on error, log it with `peer` and `continue`.
+        // END GAP
         accepted = true;
         conns.push(Conn { stream, peer });
         eprintln!("{peer}: connected ({} active)", conns.len());

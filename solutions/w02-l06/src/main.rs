@@ -146,6 +146,7 @@ fn event_loop(listener: &TcpListener) -> io::Result<()> {
         for conn in &conns {
             fds.push(PollFd::new(conn.stream.as_fd(), PollFlags::POLLIN));
         }
+        // BEGIN GAP event_loop
         // Sleep until at least one socket is ready: no timeout, so an idle
         // server uses no CPU (a timeout of 0 would make this a busy loop).
         match poll(&mut fds, PollTimeout::NONE) {
@@ -154,6 +155,12 @@ fn event_loop(listener: &TcpListener) -> io::Result<()> {
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
+        // STUB
+        // // TODO: sleep in `poll(&mut fds, PollTimeout::NONE)` until a socket
+        // // is ready (never a timeout of 0: that spins). `Err(Errno::EINTR)`:
+        // // a signal, `continue`; any other error: `return Err(e.into())`.
+        // // Until then no revents are set and nothing below ever runs.
+        // END GAP
         // Copy the results out so `fds` stops borrowing the sockets and
         // `conns` can change below.
         let ready: Vec<PollFlags> = fds

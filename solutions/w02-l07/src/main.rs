@@ -127,6 +127,7 @@ impl Conn {
     ///   report the rest when it arrives.
     /// - Err(InvalidData): the header announces more than `max_frame` bytes.
     fn next_frame(&mut self, max_frame: u32) -> io::Result<Option<Vec<u8>>> {
+        // BEGIN GAP next_frame
         if self.inbuf.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -144,6 +145,14 @@ impl Conn {
         }
         // Remove exactly one frame; the bytes after it are the next frames.
         Ok(Some(self.inbuf.drain(..total).collect()))
+        // STUB
+        // // TODO: fewer than HEADER_LEN bytes buffered: Ok(None). Otherwise
+        // // decode the big-endian length L from the first 4 bytes (an L above
+        // // `max_frame` is Err(ErrorKind::InvalidData)); fewer than 4 + L bytes
+        // // buffered: Ok(None); else drain exactly 4 + L bytes off the front
+        // // of `inbuf` and return them, leaving the bytes after them in place.
+        // todo!("take one whole frame out of inbuf")
+        // END GAP
     }
 
     /// Reads, then echoes every whole frame buffered (one read can bring

@@ -94,12 +94,17 @@ impl Conn {
     /// The events poll() should watch for on this connection.
     fn interest(&self) -> PollFlags {
         let mut events = PollFlags::POLLIN;
+        // BEGIN GAP interest
         // Only while output is pending: a socket with room in its send
         // buffer is writable almost all the time, so asking for POLLOUT with
         // nothing to write would wake poll() at once, over and over.
         if !self.outbuf.is_empty() {
             events |= PollFlags::POLLOUT;
         }
+        // STUB
+        // // TODO: add POLLOUT to `events` while `outbuf` is not empty, and only
+        // // then (an empty send buffer is always writable: poll() would spin).
+        // END GAP
         events
     }
 
@@ -177,8 +182,13 @@ impl Conn {
                 Ok(0) => break Err(io::Error::from(ErrorKind::WriteZero)),
                 // It took `n` bytes, perhaps fewer than offered: go on from there.
                 Ok(n) => written += n,
+                // BEGIN GAP flush
                 // The send buffer is full: keep the rest for POLLOUT.
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break Ok(()),
+                // STUB
+                // // TODO: `ErrorKind::WouldBlock` means the send buffer is
+                // // full: `break Ok(())`, keeping the rest for POLLOUT.
+                // END GAP
                 // A signal interrupted the call: just try again.
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 // Anything else belongs to this connection only.

@@ -227,10 +227,16 @@ impl Conn {
                     );
                     self.inbuf.clear();
                 }
+                // BEGIN GAP serve
                 // EOF is the end of the client's requests, not of its
                 // reading (a half-close): keep the connection until the
                 // echoes already queued are out.
                 self.peer_closed = true;
+                // STUB
+                // // TODO: remember the EOF (`self.peer_closed = true`). The
+                // // client may have only half-closed: it sends nothing more
+                // // but still reads, so the echoes in `outbuf` must go out.
+                // END GAP
             }
             while let Some(frame) = self.next_frame(max_frame)? {
                 self.outbuf.extend_from_slice(&frame);
@@ -241,10 +247,16 @@ impl Conn {
         if !self.outbuf.is_empty() {
             self.flush()?;
         }
+        // BEGIN GAP serve
         // Nothing more will come and nothing is left to send: done.
         if self.peer_closed && self.outbuf.is_empty() {
             return Ok(Progress::Closed);
         }
+        // STUB
+        // // TODO: once the client sent EOF (`self.peer_closed`) and `outbuf`
+        // // is empty, return `Ok(Progress::Closed)` so the loop drops the
+        // // connection and its fd. Not before: pending echoes would be lost.
+        // END GAP
         Ok(Progress::Open)
     }
 }

@@ -268,6 +268,7 @@ fn accept_clients(listener: &TcpListener, conns: &mut Vec<Conn>, max_clients: us
                 return;
             }
         };
+        // BEGIN GAP accept_clients
         // At capacity: accept, then close at once, so the client hears "no"
         // (EOF before any echo) and may retry. Leaving it in the queue
         // instead would keep the listener readable: poll() would spin.
@@ -279,6 +280,12 @@ fn accept_clients(listener: &TcpListener, conns: &mut Vec<Conn>, max_clients: us
             drop(stream);
             continue;
         }
+        // STUB
+        // // TODO: when `conns.len() >= max_clients`, refuse this client: log
+        // // it, `drop(stream)` (closing it: the client sees EOF before any
+        // // echo) and `continue` with the next one. Don't leave it in the
+        // // queue: the listener would stay readable and poll() would spin.
+        // END GAP
         if let Err(e) = stream.set_nonblocking(true) {
             eprintln!("{peer}: cannot make the socket non-blocking: {e}");
             continue;

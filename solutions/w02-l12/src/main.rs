@@ -131,6 +131,7 @@ impl Conn {
         if self.peer_closed {
             return false;
         }
+        // BEGIN GAP wants_input
         // Backpressure: every frame read becomes an echo in `outbuf`. A
         // client that sends without reading would make it grow without
         // bound, so leave its bytes in the kernel's buffers instead: they
@@ -138,6 +139,13 @@ impl Conn {
         if self.outbuf.len() >= max_pending {
             return false;
         }
+        // STUB
+        // // TODO: backpressure. Return false while `self.outbuf.len()` has
+        // // reached `max_pending`: the client's bytes then wait in the kernel,
+        // // its buffers fill up and TCP makes it wait. Reading resumes on its
+        // // own once `flush` drains `outbuf` (interest() is computed again
+        // // before every poll()).
+        // END GAP
         true
     }
 

@@ -332,12 +332,19 @@ fn poll_timeout(conns: &[Conn], idle_timeout: Option<Duration>) -> PollTimeout {
     let Some(limit) = idle_timeout else {
         return PollTimeout::NONE;
     };
+    // BEGIN GAP poll_timeout
     let Some(nearest) = conns.iter().map(|conn| conn.last_active + limit).min() else {
         return PollTimeout::NONE;
     };
     let left = nearest.saturating_duration_since(Instant::now());
     let millis = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     PollTimeout::try_from(millis).unwrap_or(PollTimeout::NONE)
+    // STUB
+    // // TODO: the nearest deadline is the smallest `last_active + limit`
+    // // over `conns` (none: PollTimeout::NONE). Return the time left until it,
+    // // rounded up to whole milliseconds (`PollTimeout::try_from(ms)`).
+    // todo!()
+    // END GAP
 }
 
 /// Closes every connection with no traffic for `idle_timeout` or longer.
@@ -345,6 +352,7 @@ fn close_idle(conns: &mut Vec<Conn>, idle_timeout: Option<Duration>) {
     let Some(limit) = idle_timeout else {
         return;
     };
+    // BEGIN GAP close_idle
     let now = Instant::now();
     // retain keeps the others in place; dropping a Conn closes its socket.
     conns.retain(|conn| {
@@ -360,6 +368,12 @@ fn close_idle(conns: &mut Vec<Conn>, idle_timeout: Option<Duration>) {
         );
         false
     });
+    // STUB
+    // // TODO: close (drop) every connection whose `last_active` is `limit` or
+    // // more in the past, with a log line on stderr naming its peer; keep the
+    // // others (`conns.retain(...)`).
+    // todo!()
+    // END GAP
 }
 
 /// The server: wait in poll() for any socket to be ready, serve the ready

@@ -1,13 +1,28 @@
 //! w02-l15 — Your own stress client.
 //!
+// BEGIN SOLUTION
 //! Opens `--clients` connections at once (one thread each), sends
 //! `--frames` frames on each, one at a time, and checks every echo byte for
 //! byte. Each payload says whose it is (`client C frame F`, then seeded
 //! filler), so a wrong echo can be named precisely. Connections refused or
 //! closed before their first echo are retried with exponential backoff.
 //! Last line: `C clients, C*F frames, N failures`; exit 0 only when N is 0.
+// STUB
+// //! A skeleton: the command line, the threads, the payloads and the last
+// //! line are written. Write `run_client`: connect (retrying with backoff
+// //! while the server refuses), send each frame, verify each echo byte for
+// //! byte, and print a line naming client and frame for every failure.
+// END SOLUTION
 
+// BEGIN SOLUTION
+// STUB
+// #[allow(unused_imports)]
+// END SOLUTION
 use std::io::{self, ErrorKind, Read, Write};
+// BEGIN SOLUTION
+// STUB
+// #[allow(unused_imports)]
+// END SOLUTION
 use std::net::TcpStream;
 use std::process::ExitCode;
 use std::thread;
@@ -113,6 +128,7 @@ fn encode(payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+// BEGIN SOLUTION
 /// How one frame's round trip ended.
 enum Echo {
     /// The exact frame came back.
@@ -124,8 +140,39 @@ enum Echo {
     Closed,
     /// Any other error (reset, timeout...).
     Failed(io::Error),
+    // STUB
+    // /// One client: sends `frames` frames (`payload(seed, client, f)` for f in
+    // /// 0..frames, each `encode`d, one echo awaited at a time) and checks each
+    // /// echo. Returns how many frames failed.
+    // fn run_client(address: &str, client: u64, frames: u64, seed: u64) -> u64 {
+    //     // TODO: connect with `TcpStream::connect(address)`. On an error, or when
+    //     // the server closes the connection before the first echo (a server at
+    //     // capacity accepts and closes at once), wait FIRST_BACKOFF, doubling up
+    //     // to MAX_BACKOFF, and try again from frame 0, at most CONNECT_ATTEMPTS
+    //     // times. Set a read timeout (ECHO_TIMEOUT) so a silent server cannot
+    //     // hang the client.
+    //     //
+    //     // TODO: for each frame: write it, read the 4-byte header and the payload
+    //     // with `read_exact`, and compare with what was sent. On a difference,
+    //     // print a line like
+    //     //   client 3 frame 42: mismatch: 517 bytes, first difference at byte 516: expected 9c, got 63
+    //     // and count a failure. If the connection breaks, or the length is wrong
+    //     // (the stream is out of step), count this frame and every later one.
+    //     let _ = (
+    //         address,
+    //         client,
+    //         frames,
+    //         seed,
+    //         CONNECT_ATTEMPTS,
+    //         FIRST_BACKOFF,
+    //         MAX_BACKOFF,
+    //         ECHO_TIMEOUT,
+    //     );
+    //     todo!()
+    // END SOLUTION
 }
 
+// BEGIN SOLUTION
 /// Sends one frame and reads its echo.
 fn round_trip(stream: &mut TcpStream, sent: &[u8]) -> Echo {
     if let Err(e) = stream.write_all(&encode(sent)) {
@@ -279,3 +326,5 @@ fn judge(client: u64, frame: u64, echo: Echo) -> Judged {
         }
     }
 }
+
+// END SOLUTION

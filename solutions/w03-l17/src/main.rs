@@ -7,6 +7,14 @@
 //!
 //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L` bytes.
 //! Each complete frame is sent back unchanged, in order.
+// BEGIN SOLUTION
+// STUB
+//
+// // TODO: this is your poll() server with poll() taken out. Fill in the five
+// // functions of the epoll backend below (create, register the listener,
+// // register a client, update a client's interest, wait); `event_loop` and
+// // `accept_clients` already call them. Nothing else needs to change.
+// END SOLUTION
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -274,27 +282,48 @@ fn serve(conn: &mut Conn, ready: EpollFlags, max_frame: u32) -> io::Result<State
 
 /// A new epoll instance, closed when the returned value is dropped.
 fn create_epoll() -> nix::Result<Epoll> {
+    // BEGIN GAP create_epoll
     // CLOEXEC: a program this server ever ran would not inherit the fd.
     Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+    // STUB
+    // // TODO: create the instance with `Epoll::new`, passing
+    // // `EpollCreateFlags::EPOLL_CLOEXEC`.
+    // todo!("create the epoll instance")
+    // END GAP
 }
 
 /// Adds the listener to the interest list; its events carry LISTENER.
 fn register_listener(epoll: &Epoll, listener: &TcpListener) -> nix::Result<()> {
+    // BEGIN GAP register_listener
     epoll.add(listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))
+    // STUB
+    // // TODO: `epoll.add` the listener for EPOLLIN, with LISTENER as the
+    // // event's data (`EpollEvent::new(flags, data)`), so the loop can tell
+    // // its events from the clients'.
+    // todo!("register the listener")
+    // END GAP
 }
 
 /// Adds a new client to the interest list; its events carry its fd number.
 fn register_client(epoll: &Epoll, conn: &mut Conn) -> nix::Result<()> {
+    // BEGIN GAP register_client
     let interest = conn.interest();
     let token = conn.stream.as_raw_fd() as u64;
     epoll.add(&conn.stream, EpollEvent::new(interest, token))?;
     conn.registered = interest;
     Ok(())
+    // STUB
+    // // TODO: `epoll.add` the client's stream for `conn.interest()`, with its
+    // // fd number (`as_raw_fd() as u64`) as the data, and remember what was
+    // // registered in `conn.registered`.
+    // todo!("register a client")
+    // END GAP
 }
 
 /// Tells epoll about a change in what the connection waits for (EPOLLOUT
 /// on while output is pending, EPOLLIN off once the client closed).
 fn update_interest(epoll: &Epoll, conn: &mut Conn) -> nix::Result<()> {
+    // BEGIN GAP update_interest
     let interest = conn.interest();
     if interest == conn.registered {
         return Ok(());
@@ -303,12 +332,24 @@ fn update_interest(epoll: &Epoll, conn: &mut Conn) -> nix::Result<()> {
     epoll.modify(&conn.stream, &mut EpollEvent::new(interest, token))?;
     conn.registered = interest;
     Ok(())
+    // STUB
+    // // TODO: when `conn.interest()` differs from `conn.registered`, call
+    // // `epoll.modify` with the new flags and the same fd data, then update
+    // // `conn.registered`. Unchanged: do nothing (no syscall).
+    // todo!("update a client's interest")
+    // END GAP
 }
 
 /// Blocks until at least one registered socket is ready; fills the front
 /// of `events` and returns how many it filled.
 fn wait_for_events(epoll: &Epoll, events: &mut [EpollEvent]) -> nix::Result<usize> {
+    // BEGIN GAP wait_for_events
     epoll.wait(events, EpollTimeout::NONE)
+    // STUB
+    // // TODO: `epoll.wait` on `events` with `EpollTimeout::NONE` (no timeout:
+    // // an idle server sleeps in the kernel and uses no CPU).
+    // todo!("wait for events")
+    // END GAP
 }
 
 /// Accepts every connection waiting in the listener's queue and registers

@@ -8,6 +8,14 @@
 //!
 //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L` bytes.
 //! Each complete frame is sent back unchanged, in order.
+// BEGIN SOLUTION
+// STUB
+//
+// // TODO: two gaps turn the level-triggered server into an edge-triggered one:
+// // `trigger_mode` (the flag every registration carries) and `Conn::read_all`
+// // (read until WouldBlock). Then check that `accept_clients` drains the
+// // listener's queue: with EPOLLET it must.
+// END SOLUTION
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -142,6 +150,7 @@ impl Conn {
     ///   echoed. `has_partial_frame` tells the two cases apart.
     /// - Err(e) when the connection is broken (reset by the client, ...).
     fn read_all(&mut self) -> io::Result<()> {
+        // BEGIN GAP read_all
         let mut chunk = [0u8; READ_CHUNK];
         loop {
             match self.stream.read(&mut chunk) {
@@ -160,6 +169,12 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+        // STUB
+        // // TODO: read into a READ_CHUNK buffer in a loop, appending to
+        // // `inbuf`, until WouldBlock (return Ok). Ok(0): set `peer_closed`
+        // // and return Ok. Interrupted: read again. Any other error: return it.
+        // todo!("read until WouldBlock")
+        // END GAP
     }
 
     /// Takes the next complete frame (header and payload) out of `inbuf`.
@@ -272,9 +287,15 @@ fn serve(conn: &mut Conn, ready: EpollFlags, max_frame: u32) -> io::Result<State
 
 /// The trigger mode every registration carries: edge-triggered.
 fn trigger_mode() -> EpollFlags {
+    // BEGIN GAP trigger_mode
     // Every registration, in add and in modify: a modify without EPOLLET
     // quietly turns the socket back to level-triggered.
     EpollFlags::EPOLLET
+    // STUB
+    // // TODO: return `EpollFlags::EPOLLET`. `interest()` and
+    // // `register_listener` add it to every registration, in add and modify.
+    // todo!("edge-triggered mode")
+    // END GAP
 }
 
 /// A new epoll instance, closed when the returned value is dropped.

@@ -11,6 +11,13 @@
 //!
 //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L` bytes.
 //! Each complete frame is sent back unchanged, in order.
+// BEGIN SOLUTION
+// STUB
+//
+// // TODO: two gaps make the write side correct: `Conn::flush` (write until
+// // the buffer is empty or WouldBlock, keep the unsent tail) and the EPOLLOUT
+// // part of `Conn::interest` (ask for it only while output is pending).
+// END SOLUTION
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -125,12 +132,18 @@ impl Conn {
         if !self.peer_closed {
             events |= EpollFlags::EPOLLIN;
         }
+        // BEGIN GAP interest
         // Only while output is pending: each epoll.modify() re-arms the
         // edge, so turning EPOLLOUT on while the socket has room reports it
         // writable once, which is when the pending bytes get their turn.
         if self.has_pending_output() {
             events |= EpollFlags::EPOLLOUT;
         }
+        // STUB
+        // // TODO: add EpollFlags::EPOLLOUT only while `has_pending_output()`:
+        // // each epoll.modify() re-arms the edge, so turning it on while the
+        // // socket has room reports it writable once.
+        // END GAP
         events
     }
 
@@ -211,6 +224,7 @@ impl Conn {
     /// - Err(e) when the client is gone: EPIPE or ECONNRESET. Rust ignores
     ///   SIGPIPE before main, so this arrives as an error, not a signal.
     fn flush(&mut self) -> io::Result<()> {
+        // BEGIN GAP flush
         let mut written = 0;
         let result = loop {
             if written == self.outbuf.len() {
@@ -233,6 +247,14 @@ impl Conn {
         // Forget what the kernel took, keeping the unsent tail in order.
         self.outbuf.drain(..written);
         result
+        // STUB
+        // // TODO: write `outbuf[written..]` in a loop until all of it is written
+        // // (Ok) or the socket says WouldBlock (Ok: the rest waits for
+        // // EPOLLOUT). Ok(0) is an error (WriteZero), Interrupted writes again,
+        // // any other error is returned. Then drain the `written` bytes from
+        // // the front of `outbuf`, so the unsent tail stays in order.
+        // todo!("write until WouldBlock, keep the unsent tail")
+        // END GAP
     }
 }
 

@@ -10,6 +10,13 @@
 //!
 //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L` bytes.
 //! Each complete frame is sent back unchanged, in order.
+// BEGIN SOLUTION
+// STUB
+//
+// // TODO: two gaps size the server for 10,000 connections: `raise_fd_limit`
+// // (setrlimit) and `set_backlog` (listen again with a long queue). Both are
+// // called from `main` already.
+// END SOLUTION
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -107,18 +114,30 @@ fn main() -> ExitCode {
 /// and returns the new soft limit. The hard limit is the ceiling an
 /// unprivileged process may raise itself to.
 fn raise_fd_limit() -> nix::Result<u64> {
+    // BEGIN GAP raise_fd_limit
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     Ok(hard)
+    // STUB
+    // // TODO: read (soft, hard) with nix::sys::resource::getrlimit(
+    // // Resource::RLIMIT_NOFILE), set the soft limit to the hard one with
+    // // setrlimit, and return the new soft limit.
+    // todo!("raise the open-file limit")
+    // END GAP
 }
 
 /// Sets the listener's accept-queue length. Linux lets listen() be called
 /// again on a listening socket to change it; the kernel caps it at
 /// net.core.somaxconn.
 fn set_backlog(listener: &TcpListener, backlog: i32) -> nix::Result<()> {
+    // BEGIN GAP set_backlog
     use nix::sys::socket::{listen, Backlog};
     listen(listener, Backlog::new(backlog)?)
+    // STUB
+    // // TODO: call nix::sys::socket::listen(listener, Backlog::new(backlog)?).
+    // todo!("a long accept queue")
+    // END GAP
 }
 
 /// One client connection and everything the server remembers about it.

@@ -16,6 +16,13 @@
 //!
 //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L` bytes.
 //! Each complete frame is sent back unchanged, in order.
+// BEGIN SOLUTION
+// STUB
+//
+// // TODO: one gap, `Stats::report`: print the two `--stats` lines for the
+// // period that ends now and start a new one. The counting (in `serve`) and
+// // the once-a-second wake-up (in `event_loop`) are given: read them first.
+// END SOLUTION
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -300,6 +307,7 @@ impl Stats {
     /// a new period. Rates are per second of the period's real length, so a
     /// late report does not inflate them.
     fn report(&mut self, active: usize, pending: usize) {
+        // BEGIN GAP report
         let seconds = self.since.elapsed().as_secs_f64().max(0.001);
         let requests_per_sec = (self.requests as f64 / seconds).round() as u64;
         let megabytes_per_sec = self.bytes_read as f64 / seconds / 1_000_000.0;
@@ -309,6 +317,15 @@ impl Stats {
             "[{clock}] Requests: {requests_per_sec}/sec, Bytes: {megabytes_per_sec:.1} MB/sec"
         );
         *self = Stats::new();
+        // STUB
+        // // TODO: divide `requests` and `bytes_read` by the period's length
+        // // in seconds (`self.since.elapsed()`), then print to stdout, with
+        // // `utc_clock()` as the time:
+        // //   [HH:MM:SS] Connections: <active> active, <pending> pending
+        // //   [HH:MM:SS] Requests: <n>/sec, Bytes: <x.y> MB/sec
+        // // (MB = 1,000,000 bytes, one decimal). Then `*self = Stats::new()`.
+        // todo!("print the stats lines")
+        // END GAP
     }
 }
 

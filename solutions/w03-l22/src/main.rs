@@ -16,6 +16,14 @@
 //!
 //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L` bytes.
 //! Each complete frame is sent back unchanged, in order.
+// BEGIN SOLUTION
+// STUB
+//
+// // TODO: two gaps make the shutdown graceful: `open_signal_fd` (block
+// // SIGINT/SIGTERM, read them from a signalfd) and `shut_down` (the order of
+// // a clean exit). The loop already registers the signalfd and calls
+// // `shut_down` on its event; read `event_loop` first.
+// END SOLUTION
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -504,6 +512,7 @@ fn accept_clients(
 /// readable data instead. Called before any other thread could exist, so
 /// the block covers the whole process.
 fn open_signal_fd() -> nix::Result<SignalFd> {
+    // BEGIN GAP open_signal_fd
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGINT);
     mask.add(Signal::SIGTERM);
@@ -511,6 +520,12 @@ fn open_signal_fd() -> nix::Result<SignalFd> {
     // process): it stays pending, and the signalfd reads it.
     mask.thread_block()?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+    // STUB
+    // // TODO: a SigSet with SIGINT and SIGTERM; `thread_block()` it (a
+    // // blocked signal waits instead of killing the process); return
+    // // SignalFd::with_flags(&mask, SFD_NONBLOCK | SFD_CLOEXEC).
+    // todo!("block the signals and open a signalfd")
+    // END GAP
 }
 
 /// The signal the signalfd holds, if any (it is non-blocking).
@@ -547,6 +562,7 @@ fn shut_down(
     totals: &mut Totals,
     args: &Args,
 ) {
+    // BEGIN GAP shut_down
     println!("Received {}, shutting down...", signal.as_str());
     // No new clients: those still in the accept queue are reset when the
     // listener closes at exit.
@@ -613,6 +629,14 @@ fn shut_down(
         "Final stats: {} requests served, {} errors",
         totals.requests, totals.errors
     );
+    // STUB
+    // // TODO: the six steps of the README, so that the contract above holds.
+    // // What you need is given: `serve` does one connection's work for the
+    // // readiness you pass it (EPOLLIN reads what is waiting), `update_interest`
+    // // keeps EPOLLOUT armed while output is pending, and `wait_for_events`
+    // // sleeps until a socket is ready or a deadline passes.
+    // todo!("shut down in order")
+    // END GAP
 }
 
 /// The server: wait in epoll_wait() for any socket (or a signal) to be

@@ -11,6 +11,15 @@
 //! connection's whole life (now `release_idle_buffers` gives back the
 //! memory once they are empty). Everything else — edge-triggered epoll, backpressure-free echo,
 //! `--stats`, the graceful shutdown on SIGINT/SIGTERM — is unchanged.
+// BEGIN SOLUTION
+// STUB
+//
+// // TODO: two gaps finish the audit: `Conn::echo_frames` (every whole frame
+// // copied once, the input consumed in one step) and
+// // `Conn::release_idle_buffers` (give back what a burst grew). The scratch
+// // read buffer and the short-read rule are already done for you: see
+// // `read_all`, `serve` and `event_loop`.
+// END SOLUTION
 //!
 //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L` bytes.
 //! Each complete frame is sent back unchanged, in order.
@@ -242,6 +251,7 @@ impl Conn {
     /// - Err(InvalidData): a header announces more than `max_frame` bytes;
     ///   the connection is closed, so the frames before it do not matter.
     fn echo_frames(&mut self, max_frame: u32) -> io::Result<u64> {
+        // BEGIN GAP echo_frames
         // One pass with a cursor: each frame is copied once, straight from
         // inbuf to outbuf (no Vec per frame), and the consumed bytes leave
         // inbuf in one drain at the end (a drain per frame moves the whole
@@ -270,12 +280,23 @@ impl Conn {
         };
         self.inbuf.drain(..start);
         result
+        // STUB
+        // // TODO: one pass over `inbuf` with a cursor `start`: while a whole
+        // // frame (4-byte big-endian length, then that many bytes) begins at
+        // // `start`, check the length against `max_frame` (Err InvalidData),
+        // // copy `inbuf[start..start + 4 + len]` into `outbuf` with
+        // // extend_from_slice and move `start` past it. Then one
+        // // `inbuf.drain(..start)`, and return the number of frames copied.
+        // // No Vec per frame, no drain per frame.
+        // todo!("echo every whole frame ({HEADER_LEN}-byte header, at most {max_frame} bytes) with one copy each")
+        // END GAP
     }
 
     /// Frees the memory of a buffer that a burst grew and that is empty now
     /// (over KEEP_CAPACITY). Without it a connection that once held 4 MiB of
     /// echoes keeps those 4 MiB as long as it stays open.
     fn release_idle_buffers(&mut self) {
+        // BEGIN GAP release_idle_buffers
         // Vec::clear keeps the capacity; only a new Vec gives it back.
         if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_CAPACITY {
             self.inbuf = Vec::new();
@@ -283,6 +304,12 @@ impl Conn {
         if self.outbuf.is_empty() && self.outbuf.capacity() > KEEP_CAPACITY {
             self.outbuf = Vec::new();
         }
+        // STUB
+        // // TODO: for `inbuf` and `outbuf`: when it is empty and its
+        // // capacity is over KEEP_CAPACITY, replace it with `Vec::new()`
+        // // (`clear()` keeps the capacity; only a new Vec frees it).
+        // todo!("free empty buffers over {KEEP_CAPACITY} bytes")
+        // END GAP
     }
 
     /// True when the client sent part of a frame that never completed.

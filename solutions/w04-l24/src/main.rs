@@ -13,6 +13,14 @@
 //!
 //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L` bytes.
 //! Each complete frame is sent back unchanged, in order.
+// BEGIN SOLUTION
+// STUB
+//
+// // TODO: two gaps spread the server over cores: `bind_reuseport` (one
+// // listening socket per loop, all on one port) and `spawn_loops` (one thread
+// // per listener, each with its own event loop). `main` already blocks the
+// // signals, binds the listeners and waits for SIGINT/SIGTERM; read it first.
+// END SOLUTION
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -197,6 +205,7 @@ fn bind_listeners(host: &str, port: u16, count: usize) -> io::Result<Vec<TcpList
 /// several sockets may listen on one port and the kernel spreads new
 /// connections over them.
 fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+    // BEGIN GAP bind_reuseport
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -208,6 +217,13 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     socket::listen(&fd, socket::Backlog::new(LISTEN_BACKLOG)?)?;
     Ok(TcpListener::from(fd))
+    // STUB
+    // // TODO: socket::socket(family of `addr`, SockType::Stream,
+    // // SOCK_NONBLOCK | SOCK_CLOEXEC, None); setsockopt(&fd, sockopt::ReusePort,
+    // // &true) BEFORE bind(); socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr));
+    // // socket::listen with Backlog::new(LISTEN_BACKLOG); TcpListener::from(fd).
+    // todo!("a non-blocking SO_REUSEPORT listener bound to addr")
+    // END GAP
 }
 
 /// Starts one event loop per listener, each on its own thread with its
@@ -217,6 +233,7 @@ fn spawn_loops(
     args: &Arc<Args>,
     stop: &Arc<EventFd>,
 ) -> Vec<thread::JoinHandle<io::Result<Totals>>> {
+    // BEGIN GAP spawn_loops
     let mut loops = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
         let args = Arc::clone(args);
@@ -232,6 +249,13 @@ fn spawn_loops(
         }
     }
     loops
+    // STUB
+    // // TODO: for each listener, clone the two Arcs and spawn a thread
+    // // (thread::Builder, named `loop-N`) running
+    // // `event_loop(&listener, &args, &stop)`; keep every JoinHandle. A spawn
+    // // that fails is logged, not fatal.
+    // todo!("one thread per listener, each running event_loop")
+    // END GAP
 }
 
 /// Raises the soft limit on open files (RLIMIT_NOFILE) to the hard limit

@@ -11,6 +11,13 @@
 //! among the errors of the final stats line.
 //!
 //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L` bytes.
+// BEGIN SOLUTION
+// STUB
+//
+// // TODO: one gap, `broadcast`: the loop already collects each client's whole
+// // frames (`serve` fills `frames` instead of echoing) and calls `broadcast`
+// // with them. Read `event_loop` first.
+// END SOLUTION
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -721,6 +728,7 @@ fn broadcast(
     max_pending: usize,
     totals: &mut Totals,
 ) {
+    // BEGIN GAP broadcast
     let mut dropped = Vec::new();
     for (&fd, conn) in conns.iter_mut() {
         if fd == sender {
@@ -757,4 +765,12 @@ fn broadcast(
             );
         }
     }
+    // STUB
+    // // TODO: for every (fd, conn) in `conns` except `sender`: append every
+    // // frame to `conn.outbuf`, in order; `conn.flush()` (never blocks: it
+    // // stops at WouldBlock) and `update_interest`. On an error, or when more
+    // // than `max_pending` bytes are still pending, disconnect it (remove it
+    // // after the loop, count it in `totals.errors`, log why).
+    // todo!("pass the frames to every other connection")
+    // END GAP
 }
