@@ -62,6 +62,10 @@ pub struct Lesson {
     /// with the reason a lesson's idea is smaller.
     #[serde(default)]
     pub floor: Option<Floor>,
+    /// The mistakes a student can make in the gaps, each planted by a fixture
+    /// server that `checker validate` runs (rendered into the README).
+    #[serde(default)]
+    pub pitfalls: Vec<Pitfall>,
     /// Set while a lesson still has its old fill-in-the-blank stub: its
     /// floor and dictation findings are warnings, not problems, until the
     /// rewrite lands (the reason names the issue).
@@ -78,6 +82,34 @@ pub struct Lesson {
     pub causes: std::collections::BTreeMap<String, crate::checks::HintRefs>,
     pub verify: Vec<Step>,
     pub proof: Proof,
+}
+
+/// A mistake a student can make in a gap, shown failing by a fixture.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Pitfall {
+    /// The gap function it is made in (one of `gaps:`).
+    pub gap: String,
+    /// The mistake and its consequence, in the student's terms (one line of
+    /// the README's Pitfalls).
+    pub text: String,
+    /// The fixture that makes it: `<binary in src/bin> <bug>`, run as
+    /// `<binary> --bug <bug>`.
+    pub fixture: String,
+    /// The step it fails, and the cause id that failure prints.
+    pub step: String,
+    pub cause: String,
+}
+
+impl Pitfall {
+    /// `(binary, bug)` of `fixture`.
+    pub fn fixture_parts(&self) -> Option<(&str, &str)> {
+        let mut parts = self.fixture.split_whitespace();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(binary), Some(bug), None) => Some((binary, bug)),
+            _ => None,
+        }
+    }
 }
 
 /// A lesson's own floor for its gaps' code lines (see `Lesson::floor`).
@@ -363,6 +395,41 @@ fn check_sound(course: &Course) -> Result<()> {
                     "{}: say why this lesson's idea is smaller",
                     at("floor.reason")
                 );
+            }
+        }
+        for (i, pitfall) in lesson.pitfalls.iter().enumerate() {
+            let at = |field: &str| at(&format!("pitfalls[{i}].{field}"));
+            if !lesson.gaps.contains(&pitfall.gap) {
+                bail!(
+                    "{}: `{}` is not one of the lesson's gaps ({})",
+                    at("gap"),
+                    pitfall.gap,
+                    lesson.gaps.join(", ")
+                );
+            }
+            if pitfall.fixture_parts().is_none() {
+                bail!(
+                    "{}: `{}` must be `<fixture binary> <bug>`",
+                    at("fixture"),
+                    pitfall.fixture
+                );
+            }
+            if !lesson.verify.iter().any(|s| s.name() == pitfall.step) {
+                bail!(
+                    "{}: `{}` is not a step of this lesson's verify list",
+                    at("step"),
+                    pitfall.step
+                );
+            }
+            if !crate::checks::causes::CAUSE_IDS.contains(&pitfall.cause.as_str()) {
+                bail!(
+                    "{}: `{}` is not a registered cause id (checker/src/checks/causes.rs)",
+                    at("cause"),
+                    pitfall.cause
+                );
+            }
+            if pitfall.text.trim().is_empty() {
+                bail!("{}: say what goes wrong", at("text"));
             }
         }
         if matches!(&lesson.rewrite_pending, Some(reason) if reason.trim().is_empty()) {

@@ -8,7 +8,28 @@ use std::path::Path;
 use crate::course::{Course, Lesson, StubStyle};
 
 /// The sections every lesson README has, in this order.
-pub const README_SECTIONS: [&str; 5] = ["Concept", "Task", "Hints", "Verify", "Done When"];
+pub const README_SECTIONS: [&str; 6] = [
+    "Concept",
+    "Task",
+    "Pitfalls",
+    "Hints",
+    "Verify",
+    "Done When",
+];
+
+/// A lesson's README sections: `Pitfalls` comes with the rewrite (a lesson
+/// still `rewrite_pending` and without pitfalls has none yet).
+pub fn readme_sections(lesson: &Lesson) -> Vec<&'static str> {
+    README_SECTIONS
+        .iter()
+        .copied()
+        .filter(|s| *s != "Pitfalls" || has_pitfalls_section(lesson))
+        .collect()
+}
+
+fn has_pitfalls_section(lesson: &Lesson) -> bool {
+    lesson.rewrite_pending.is_none() || !lesson.pitfalls.is_empty()
+}
 
 /// Every problem found in one lesson's content (empty: sound).
 pub fn lesson_problems(course: &Course, lesson: &Lesson) -> Vec<String> {
@@ -54,6 +75,11 @@ pub fn rewrite_findings(course: &Course, lesson: &Lesson) -> Vec<String> {
         }
     }
     for gap in &lesson.gaps {
+        if !lesson.pitfalls.iter().any(|p| &p.gap == gap) {
+            findings.push(format!(
+                "`{gap}` has no pitfall: name the mistake a student makes in it, and the fixture that shows the checker failing it"
+            ));
+        }
         let name = gap.rsplit("::").next().unwrap_or(gap);
         if !generated
             .regions
@@ -131,12 +157,22 @@ fn readme_problems(course: &Course, lesson: &Lesson, problems: &mut Vec<String>)
         .filter_map(|l| l.strip_prefix("## "))
         .map(str::trim)
         .collect();
-    if sections != README_SECTIONS {
+    let expected = readme_sections(lesson);
+    if sections != expected {
         problems.push(format!(
             "{}: sections are [{}]; they must be exactly [{}]",
             path.display(),
             sections.join(", "),
-            README_SECTIONS.join(", ")
+            expected.join(", ")
+        ));
+    }
+    if has_pitfalls_section(lesson)
+        && section(&text, "Pitfalls").trim() != crate::pitfalls::readme_section(lesson).trim()
+    {
+        problems.push(format!(
+            "{}: the `## Pitfalls` section differs from course.yaml's `pitfalls:` for {} (rewrite it with `checker readmes`)",
+            path.display(),
+            lesson.id
         ));
     }
     match checker_runs_block(&text) {
@@ -159,6 +195,43 @@ fn readme_problems(course: &Course, lesson: &Lesson, problems: &mut Vec<String>)
             lesson.id
         ));
     }
+}
+
+/// `readme` with its `## Pitfalls` section rendered from course.yaml,
+/// added before `## Hints` when it has none.
+fn with_pitfalls_section(
+    path: &std::path::Path,
+    readme: &str,
+    lesson: &Lesson,
+) -> anyhow::Result<String> {
+    let body = crate::pitfalls::readme_section(lesson);
+    let lines: Vec<&str> = readme.lines().collect();
+    let heading = |name: &str| lines.iter().position(|l| l.trim() == format!("## {name}"));
+    let (start, end) = match heading("Pitfalls") {
+        Some(at) => {
+            let end = lines[at + 1..]
+                .iter()
+                .position(|l| l.starts_with("## "))
+                .map_or(lines.len(), |n| at + 1 + n);
+            (at, end)
+        }
+        None => {
+            let Some(at) = heading("Hints") else {
+                anyhow::bail!(
+                    "{}: no `## Hints` section to put the pitfalls before",
+                    path.display()
+                );
+            };
+            (at, at)
+        }
+    };
+    let mut out: Vec<String> = lines[..start].iter().map(|l| l.to_string()).collect();
+    out.push("## Pitfalls".to_string());
+    out.push(String::new());
+    out.extend(body.lines().map(str::to_string));
+    out.push(String::new());
+    out.extend(lines[end..].iter().map(|l| l.to_string()));
+    Ok(out.join("\n") + "\n")
 }
 
 /// Where the generated list of steps begins and ends in a README.
@@ -198,6 +271,11 @@ pub fn write_checker_runs(course: &Course) -> anyhow::Result<Vec<std::path::Path
         let path = course.readme_path(lesson);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = if has_pitfalls_section(lesson) {
+            with_pitfalls_section(&path, &text, lesson)?
+        } else {
+            text
+        };
         let block = what_the_checker_runs(lesson);
         let updated = match checker_runs_block(&text) {
             Some(old) => text.replacen(old, &block, 1),
@@ -308,6 +386,30 @@ fn collect(root: &Path, dir: &Path, found: &mut Vec<(String, String)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pitfalls_section_is_rendered_before_the_hints_and_replaced_in_place() {
+        let mut lesson: Lesson = serde_yaml::from_str(
+            "id: w09-l99\ntitle: T\norder: 1\npart: w09\nduration_minutes: 1\nxp: 1\nkind: lesson\nstub: s\nsolution: o\ngaps: [f]\npitfalls: [{gap: f, text: 'one read is one frame', fixture: b bug, step: frames, cause: c}]\nhints: [h]\nverify: []\nproof: {type: paste, instructions: i, regex_patterns: []}\n",
+        )
+        .expect("test lesson");
+        let path = std::path::Path::new("README.md");
+        let readme = "# T\n## Concept\nc\n## Task\nt\n## Hints\n- h\n";
+        let once = with_pitfalls_section(path, readme, &lesson).unwrap();
+        assert!(once.contains("## Task\nt\n## Pitfalls\n\n<!--"), "{once}");
+        assert!(
+            once.contains("- In `f`: one read is one frame\n\n## Hints"),
+            "{once}"
+        );
+        lesson.pitfalls[0].text = "changed".into();
+        let twice = with_pitfalls_section(path, &once, &lesson).unwrap();
+        assert_eq!(twice.matches("## Pitfalls").count(), 1, "{twice}");
+        assert!(twice.contains("- In `f`: changed\n") && !twice.contains("one read"));
+        assert_eq!(
+            section(&twice, "Pitfalls").trim(),
+            crate::pitfalls::readme_section(&lesson).trim()
+        );
+    }
 
     #[test]
     fn hints_are_read_from_the_hints_section_only() {

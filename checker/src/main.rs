@@ -30,6 +30,7 @@ mod grade;
 mod hashing;
 mod lint;
 mod mutants;
+mod pitfalls;
 mod preflight;
 mod procfs;
 mod progress;

@@ -13,7 +13,7 @@
 //! depends on, and docs/MUTANTS.md is rendered from every committed result.
 
 mod listing;
-mod process;
+pub mod process;
 mod render;
 mod results;
 mod verdict;

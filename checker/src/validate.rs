@@ -43,6 +43,7 @@ pub fn validate(
     for lesson in lessons {
         let started = Instant::now();
         let mut content = lint::lesson_problems(course, lesson);
+        content.extend(crate::pitfalls::problems(course, lesson, seed)?);
         let rewrite = lint::rewrite_findings(course, lesson);
         let lines = crate::stubs::generate(course, lesson)
             .map(|g| g.lines().to_string())

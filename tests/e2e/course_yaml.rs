@@ -249,3 +249,53 @@ fn validate_names_a_lesson_whose_stub_passes() {
         "{out}"
     );
 }
+
+fn w01_l01_with(field: &str) -> (i32, String) {
+    let yaml = real_course().replace(
+        "    gaps: [accept_loop, echo_client]\n",
+        &format!("    gaps: [accept_loop, echo_client]\n{field}"),
+    );
+    assert_ne!(yaml, real_course(), "the test's edit must apply");
+    checker_with_course(&yaml, "w01-l01")
+}
+
+#[test]
+fn a_pitfall_names_a_gap_a_fixture_a_step_and_a_cause_or_is_rejected() {
+    let pitfall = |gap: &str, fixture: &str, step: &str, cause: &str| {
+        format!("    pitfalls:\n      - {{gap: {gap}, text: 'x', fixture: '{fixture}', step: {step}, cause: {cause}}}\n")
+    };
+    let cases = [
+        (
+            pitfall("main", "broken_server bug", "echo", "echo.reset"),
+            "field `pitfalls[0].gap`",
+        ),
+        (
+            pitfall("echo_client", "broken_server", "echo", "echo.reset"),
+            "field `pitfalls[0].fixture`",
+        ),
+        (
+            pitfall("echo_client", "broken_server bug", "frames", "echo.reset"),
+            "field `pitfalls[0].step`",
+        ),
+        (
+            pitfall("echo_client", "broken_server bug", "echo", "echo.resett"),
+            "field `pitfalls[0].cause`",
+        ),
+    ];
+    for (field, expected) in cases {
+        let (code, stderr) = w01_l01_with(&field);
+        assert_eq!(code, 2, "{field}: {stderr}");
+        assert!(stderr.contains("lesson w01-l01"), "{stderr}");
+        assert!(stderr.contains(expected), "{field}: {stderr}");
+    }
+}
+
+#[test]
+fn a_floor_under_twelve_or_without_a_reason_is_rejected() {
+    let (code, stderr) = w01_l01_with("    floor: {lines: 11, reason: small}\n");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("field `floor.lines`"), "{stderr}");
+    let (code, stderr) = w01_l01_with("    floor: {lines: 15, reason: ' '}\n");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("field `floor.reason`"), "{stderr}");
+}
