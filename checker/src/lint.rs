@@ -91,6 +91,16 @@ pub fn rewrite_findings(course: &Course, lesson: &Lesson) -> Vec<String> {
             ));
         }
     }
+    let readme = std::fs::read_to_string(course.readme_path(lesson)).unwrap_or_default();
+    let task = section(&readme, "Task");
+    for gap in &lesson.gaps {
+        let name = gap.rsplit("::").next().unwrap_or(gap);
+        if !task.contains(&format!("`{name}`")) && !task.contains(&format!("`{gap}`")) {
+            findings.push(format!(
+                "the README's Task does not name `{name}`: it names each function the student writes, with its contract"
+            ));
+        }
+    }
     let stub_text: Vec<(String, String)> = generated
         .files
         .iter()
@@ -102,7 +112,6 @@ pub fn rewrite_findings(course: &Course, lesson: &Lesson) -> Vec<String> {
             )
         })
         .collect();
-    let readme = std::fs::read_to_string(course.readme_path(lesson)).unwrap_or_default();
     let readme_label = format!("{}/README.md", lesson.stub.display());
     let sections: Vec<(String, String)> = ["Concept", "Task", "Pitfalls"]
         .iter()

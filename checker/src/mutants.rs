@@ -497,7 +497,14 @@ struct Prepared {
 fn prepare(course: &Course, lesson: &Lesson) -> Result<Prepared> {
     let scratch = Scratch::prepare(course, lesson)?;
     let all = listing::list(&scratch.dir, &config_path(course))?;
-    let (inside, outside) = listing::in_gaps(&lesson.gaps, &all);
+    // The bug hunt's student changes the planted bugs' lines, not whole
+    // functions: its scope is the solution's lines in the marked regions.
+    let (inside, outside) = if lesson.stub_style == crate::course::StubStyle::BugHunt {
+        let regions = crate::stubs::generate(course, lesson)?.regions;
+        listing::in_regions(&regions, &all)
+    } else {
+        listing::in_gaps(&lesson.gaps, &all)
+    };
     let (missing, gaps_without_mutants) =
         listing::unmatched_gaps(&lesson.gaps, &all, &scratch.all_sources());
     if !missing.is_empty() {

@@ -168,6 +168,26 @@ pub fn in_gaps<'a>(
     })
 }
 
+/// The mutants that change a line the stub does not have (a marked
+/// region's solution lines); the rest are out of scope.
+pub fn in_regions<'a>(
+    regions: &[crate::stubs::Region],
+    mutants: &'a [ListedMutant],
+) -> (Vec<&'a ListedMutant>, Vec<&'a ListedMutant>) {
+    mutants.iter().partition(|mutant| {
+        let line = mutant_line(&mutant.name);
+        regions.iter().any(|r| {
+            r.file == mutant.file
+                && line.is_some_and(|l| l > r.line && l <= r.line + r.solution.len())
+        })
+    })
+}
+
+/// The line a mutant's name starts with (`src/main.rs:160:9: replace …`).
+fn mutant_line(name: &str) -> Option<usize> {
+    name.split(':').nth(1)?.parse().ok()
+}
+
 /// Gaps no listed mutant belongs to: a typo (no such function in the
 /// crate's sources) is an error; a function cargo-mutants makes no mutant
 /// of (`new`, an empty body) is a note.
@@ -405,6 +425,28 @@ mod tests {
             genre: "FnValue".into(),
             diff: String::new(),
         }
+    }
+
+    #[test]
+    fn the_region_filter_keeps_the_mutants_of_the_regions_solution_lines() {
+        let region = crate::stubs::Region {
+            gap: None,
+            file: "src/main.rs".into(),
+            line: 10, // the BEGIN marker; the solution's lines are 11 and 12
+            solution: vec!["a".into(), "b".into()],
+            stub: Some(vec!["c".into()]),
+        };
+        let listed = vec![
+            mutant("src/main.rs:10:5: replace x", None),
+            mutant("src/main.rs:11:5: replace x", None),
+            mutant("src/main.rs:12:9: replace x", None),
+            mutant("src/main.rs:13:5: replace x", None),
+        ];
+        let (inside, outside) = in_regions(&[region], &listed);
+        let names =
+            |v: &[&ListedMutant]| v.iter().map(|m| mutant_line(&m.name)).collect::<Vec<_>>();
+        assert_eq!(names(&inside), vec![Some(11), Some(12)]);
+        assert_eq!(names(&outside), vec![Some(10), Some(13)]);
     }
 
     #[test]
