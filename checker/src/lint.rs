@@ -40,9 +40,12 @@ pub fn lesson_problems(course: &Course, lesson: &Lesson) -> Vec<String> {
     package_name_problems(&stub, &lesson.id, &mut problems);
     package_name_problems(&solution, &format!("{}-solution", lesson.id), &mut problems);
     let stub_files = rust_files(&stub.join("src"));
-    if !stub_files.iter().any(|(_, text)| text.contains("// TODO")) {
+    if !stub_files
+        .iter()
+        .any(|(_, text)| text.contains("// TODO") || text.contains("todo!("))
+    {
         problems.push(format!(
-            "{}: no `// TODO` in src/: a stub tells the student where to start",
+            "{}: no `todo!(` or `// TODO` in src/: a stub tells the student where to start",
             stub.display()
         ));
     }
