@@ -77,7 +77,35 @@ pub fn findings() -> Vec<Finding> {
         ok: tw_reuse != 0,
         fix: "set it to 1 or 2 (`sysctl -w net.ipv4.tcp_tw_reuse=1`) so back-to-back 10k runs can reuse ports in TIME_WAIT",
     });
+    found.push(ptrace_finding());
     found
+}
+
+/// w04-l23's `perf` step counts the server's system calls with ptrace, as
+/// `strace -c` does; a container's seccomp profile or
+/// `kernel.yama.ptrace_scope` 3 forbids it. Tried on a `sleep` child.
+fn ptrace_finding() -> Finding {
+    use nix::sys::ptrace;
+    use nix::unistd::Pid;
+    let scope = read_numbers("/proc/sys/kernel/yama/ptrace_scope")
+        .first()
+        .map_or("no yama".to_string(), |s| format!("ptrace_scope {s}"));
+    let allowed = match std::process::Command::new("sleep").arg("10").spawn() {
+        Ok(mut child) => {
+            let pid = Pid::from_raw(child.id() as i32);
+            let seized = ptrace::seize(pid, ptrace::Options::empty()).is_ok();
+            let _ = child.kill();
+            let _ = child.wait();
+            seized
+        }
+        Err(_) => false,
+    };
+    Finding {
+        what: "ptrace of a child",
+        value: format!("{} ({scope})", if allowed { "allowed" } else { "refused" }),
+        ok: allowed,
+        fix: "w04-l23 counts the server's system calls with ptrace: allow it (kernel.yama.ptrace_scope 0 or 1; in a container, `--cap-add SYS_PTRACE` or a seccomp profile that permits ptrace)",
+    }
 }
 
 fn read_numbers(path: &str) -> Vec<u64> {
