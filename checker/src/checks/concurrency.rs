@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde::Deserialize;
-use stress::frame::encode;
 
-use super::frame_client::{self, Ending, Piece};
+use super::frame_client::{self, Ending};
 use super::{Check, Ctx};
 use crate::procfs;
 use crate::report::StepOutcome;
@@ -267,13 +266,7 @@ impl std::fmt::Display for EchoFailure {
 
 /// Sends one frame and checks its echo; `None` when it came back exactly.
 fn echo_once(stream: &mut TcpStream, payload: &[u8], timeout: Duration) -> Option<EchoFailure> {
-    let sent = encode(payload);
-    let exchange = frame_client::exchange(
-        stream,
-        vec![Piece::new(sent.clone(), Duration::ZERO)],
-        sent.len(),
-        timeout,
-    );
+    let (sent, exchange) = frame_client::echo_frame(stream, payload, timeout);
     let (what, timed_out) = match &exchange.ending {
         Ending::Complete if exchange.received == sent => return None,
         Ending::Complete => ("the echo differs from what was sent".to_string(), false),

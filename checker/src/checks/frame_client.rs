@@ -116,6 +116,23 @@ pub struct Exchange {
     pub write_error: Option<std::io::Error>,
 }
 
+/// Sends `payload` as one frame in one write and reads until its echo is
+/// in, EOF, an error or `timeout`. Returns the frame sent and the exchange.
+pub fn echo_frame(
+    stream: &mut TcpStream,
+    payload: &[u8],
+    timeout: Duration,
+) -> (Vec<u8>, Exchange) {
+    let sent = encode(payload);
+    let exchange = exchange(
+        stream,
+        vec![Piece::new(sent.clone(), Duration::ZERO)],
+        sent.len(),
+        timeout,
+    );
+    (sent, exchange)
+}
+
 /// Sends `pieces` (one write each, pausing after each) from a writer thread
 /// while this thread reads until `expected_len` bytes came back, EOF, an
 /// error, or `timeout` (counted from the first write).

@@ -416,9 +416,7 @@ pub mod diagnosis {
     use std::net::{SocketAddr, TcpStream};
     use std::time::{Duration, Instant};
 
-    use stress::frame::encode;
-
-    use crate::checks::frame_client::{self, Ending, Piece};
+    use crate::checks::frame_client::{self, Ending};
     use crate::checks::{Ctx, StepKind};
     use crate::report::StepOutcome;
 
@@ -456,11 +454,9 @@ pub mod diagnosis {
         for n in 0..workers {
             loop {
                 let mut stream = frame_client::connect(addr).ok()?;
-                let sent = encode(format!("worker {n} busy").as_bytes());
-                let exchange = frame_client::exchange(
+                let (sent, exchange) = frame_client::echo_frame(
                     &mut stream,
-                    vec![Piece::new(sent.clone(), Duration::ZERO)],
-                    sent.len(),
+                    format!("worker {n} busy").as_bytes(),
                     Duration::from_secs(3),
                 );
                 if matches!(exchange.ending, Ending::Complete) && exchange.received == sent {
@@ -474,11 +470,9 @@ pub mod diagnosis {
             }
         }
         let mut extra = frame_client::connect(addr).ok()?;
-        let sent = encode(b"one client too many");
-        let exchange = frame_client::exchange(
+        let (_, exchange) = frame_client::echo_frame(
             &mut extra,
-            vec![Piece::new(sent.clone(), Duration::ZERO)],
-            sent.len(),
+            b"one client too many",
             Duration::from_millis(800),
         );
         let dropped = exchange.received.is_empty() && exchange.ending.is_closed();
