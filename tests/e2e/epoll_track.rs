@@ -14,18 +14,17 @@ fn epoll_fixture(bug: &str, tag: &str) -> String {
 const FIXTURE: &str = "broken_epoll_server";
 
 /// Every bug of the fixture: `(bug, lesson, step, cause_id)`, the lesson
-/// that catches it, the step it fails at and the cause it plants (`None`:
-/// the epoll step's causes have no ids yet).
+/// that catches it, the step it fails at and the cause it plants.
 #[rustfmt::skip]
 const PLANTED: &[Planted] = &[
-    ("poll-with-decoy-epoll", "w03-l17", "epoll", None),
-    ("two-threads", "w03-l17", "epoll", None),
-    ("level-triggered", "w03-l18", "epoll", None),
+    ("poll-with-decoy-epoll", "w03-l17", "epoll", Some("epoll.waits-in-poll")),
+    ("two-threads", "w03-l17", "epoll", Some("epoll.extra-threads")),
+    ("level-triggered", "w03-l18", "epoll", Some("epoll.not-edge-triggered")),
     ("one-read-per-event", "w03-l18", "burst", Some("burst.read-stall")),
     ("accept-once", "w03-l18", "connect_burst", Some("connect_burst.accept-stall")),
-    ("modify-drops-et", "w03-l18", "epoll", None),
+    ("modify-drops-et", "w03-l18", "epoll", Some("epoll.modify-drops-et")),
     ("reset-kills-server", "w03-l18", "epoll", Some("epoll.reset-ends-the-server")),
-    ("reset-retries-forever", "w03-l18", "epoll", None),
+    ("reset-retries-forever", "w03-l18", "epoll", Some("epoll.reset-starves-others")),
     ("stop-after-short-read", "w02-l09", "disconnects", Some("disconnects.eof-behind-a-frame-missed")),
 ];
 

@@ -114,7 +114,7 @@ impl Check for Epoll {
                 Ok(stream) => clients.push(stream),
                 Err(what) => {
                     return Ok(StepOutcome::fail(format!("client {client}: {what}"))
-                        .cause("the server must accept and echo every client before it can be inspected; read its output below")
+                        .cause_as("epoll.not-serving", "the server must accept and echo every client before it can be inspected; read its output below")
                         .evidence(Ctx::server_evidence(&mut server)));
                 }
             }
@@ -140,7 +140,7 @@ impl Check for Epoll {
             return Ok(StepOutcome::fail(format!(
                 "the server runs {threads} threads (/proc/{pid}/status `Threads:`); this lesson wants exactly 1"
             ))
-            .cause("one thread serves every connection through epoll: no thread per client, no worker pool, no helper thread")
+            .cause_as("epoll.extra-threads", "one thread serves every connection through epoll: no thread per client, no worker pool, no helper thread")
             .figure("threads", threads));
         }
         let children = procfs::descendants(pid);
@@ -149,7 +149,10 @@ impl Check for Epoll {
                 "the server has {} child process(es) ({children:?}); this lesson wants one process",
                 children.len()
             ))
-            .cause("don't fork: one process, one thread, one epoll loop"));
+            .cause_as(
+                "epoll.forked",
+                "don't fork: one process, one thread, one epoll loop",
+            ));
         }
         let epoll_fds = procfs::epoll_fds(pid)?;
         if epoll_fds.is_empty() {
@@ -157,7 +160,7 @@ impl Check for Epoll {
                 "no epoll instance among the server's fds (no `anon_inode:[eventpoll]` in /proc/{pid}/fd) with {} connections open",
                 clients.len()
             ))
-            .cause("create one with `Epoll::new` (epoll_create1) and keep it for the server's whole life; poll() or select() do not count here"));
+            .cause_as("epoll.no-epoll-instance", "create one with `Epoll::new` (epoll_create1) and keep it for the server's whole life; poll() or select() do not count here"));
         }
 
         // The idle loop must be asleep in an epoll wait, sample after sample.
@@ -184,22 +187,22 @@ impl Check for Epoll {
         // majority must be in an epoll wait and none in another wait.
         if other_wait.is_some() || in_epoll * 2 <= SAMPLES {
             let seen = names.join(", ");
-            let cause = match other_wait {
-                Some(&"poll") | Some(&"ppoll") | Some(&"select") | Some(&"pselect6") => format!(
+            let (cause_id, cause) = match other_wait {
+                Some(&"poll") | Some(&"ppoll") | Some(&"select") | Some(&"pselect6") => ("epoll.waits-in-poll", format!(
                     "the loop still waits in {}: an epoll fd exists but nothing waits on it. Replace the poll()/select() call with epoll.wait()",
                     other_wait.unwrap_or(&"poll")
-                ),
-                Some(name) => format!(
+                )),
+                Some(name) => ("epoll.waits-elsewhere", format!(
                     "the idle server sleeps in {name} instead of epoll_wait: the loop must block in epoll.wait() and nowhere else"
-                ),
-                None => "the thread was running instead of sleeping: epoll.wait() with a zero timeout, or EPOLLOUT left armed, makes the loop spin".into(),
+                )),
+                None => ("epoll.spins", "the thread was running instead of sleeping: epoll.wait() with a zero timeout, or EPOLLOUT left armed, makes the loop spin".into()),
             };
             return Ok(StepOutcome::fail(format!(
                 "idle with {} connections open, the server was in epoll_wait in {in_epoll} of {SAMPLES} samples over ~1 s (seen: {seen}); at least {} expected and no other wait",
                 clients.len(),
                 SAMPLES / 2 + 1
             ))
-            .cause(cause)
+            .cause_as(cause_id, cause)
             .figure("epoll_wait_samples", in_epoll));
         }
 
@@ -447,7 +450,7 @@ impl EtWatch {
                 "{open_clients} client connections are open and served, but only {} client sockets are registered in the server's epoll instance(s) (/proc/{pid}/fdinfo of its eventpoll fds)",
                 regs.len()
             ))
-            .cause("register every accepted client with epoll.add, and serve it from epoll_wait's events")));
+            .cause_as("epoll.client-not-registered", "register every accepted client with epoll.add, and serve it from epoll_wait's events")));
         }
         Ok(self
             .judge("idle with the clients connected", regs)
@@ -505,12 +508,12 @@ impl EtWatch {
                 event_names(*before)
             ));
         }
-        let cause = match lost.first() {
-            Some((reg, _)) => format!(
+        let (cause_id, cause) = match lost.first() {
+            Some((reg, _)) => ("epoll.modify-drops-et", format!(
                 "client fd {} carried EPOLLET at an earlier reading and lost it when its registration changed: an epoll.modify without EPOLLET (when EPOLLOUT is added for pending output, or taken away once it is written) turns that socket back to level-triggered. Put EPOLLET in every epoll.modify, not only in epoll.add",
                 reg.fd
-            ),
-            None => "add EpollFlags::EPOLLET to the flags of every client, in epoll.add and in every epoll.modify (a modify without it turns the socket back to level-triggered)".into(),
+            )),
+            None => ("epoll.not-edge-triggered", "add EpollFlags::EPOLLET to the flags of every client, in epoll.add and in every epoll.modify (a modify without it turns the socket back to level-triggered)".into()),
         };
         Err(Box::new(StepOutcome::fail(format!(
             "{phase}: {} of {} client registrations lack EPOLLET (bit 0x80000000 of `events:` in /proc/{pid}/fdinfo/<epoll fd>): {}",
@@ -518,7 +521,7 @@ impl EtWatch {
             regs.len(),
             self.describe(first)
         ))
-        .cause(cause)
+        .cause_as(cause_id, cause)
         .figure("readings", self.readings)
         .evidence(evidence)))
     }
@@ -576,7 +579,10 @@ impl ChangingReadings {
                 return Ok(Err(StepOutcome::fail(format!(
                     "{name}: connect failed: {err}"
                 ))
-                .cause("the server must keep accepting clients")
+                .cause_as(
+                    "epoll.stopped-accepting",
+                    "the server must keep accepting clients",
+                )
                 .evidence(Ctx::server_evidence(server))))
             }
         };
@@ -725,16 +731,16 @@ impl ChangingReadings {
             evidence.extend(Ctx::server_evidence(server));
             // Its writes stalled while nothing was pending for it: the server
             // stopped reading, not writing.
-            let cause = if armed.is_none() && wrote_unread < sent.len() {
-                format!(
+            let (cause_id, cause) = if armed.is_none() && wrote_unread < sent.len() {
+                ("epoll.stopped-reading", format!(
                     "the server stopped reading this client's frames with no echo pending for it (EPOLLOUT never armed; its writes stalled after {} KiB): with EPOLLET a socket is reported once for the bytes that arrived, so read it until WouldBlock; bytes left in the kernel buffer are never reported again",
                     wrote_unread / 1024
-                )
+                ))
             } else {
-                format!(
+                ("epoll.echoes-lost-while-slow", format!(
                     "echoes a client is not reading yet must wait in its write buffer, in order, and go out once {} says it has room again",
                     ctx.readiness().writable
-                )
+                ))
             };
             return Ok(Err(StepOutcome::fail(format!(
                 "a slow reader sent {} of {kib} KiB of frames reading nothing, then read: {} of {} bytes came back in order",
@@ -742,7 +748,7 @@ impl ChangingReadings {
                 excerpt::first_difference(&sent, &received).unwrap_or(received.len()),
                 sent.len()
             ))
-            .cause(cause)
+            .cause_as(cause_id, cause)
             .evidence(evidence)));
         }
 
@@ -844,7 +850,7 @@ impl ChangingReadings {
             None => StepOutcome::fail(format!(
                 "after a client reset with its echoes pending, {what}"
             ))
-            .cause("the reset must end that one connection: close it and go back to epoll_wait. An error arm that retries the failed write, blocks, or leaves the loop starves every other client"),
+            .cause_as("epoll.reset-starves-others", "the reset must end that one connection: close it and go back to epoll_wait. An error arm that retries the failed write, blocks, or leaves the loop starves every other client"),
         }
         .evidence(Ctx::server_evidence(server))
     }
