@@ -1,3 +1,4 @@
+// BEGIN SOLUTION
 //! w03-l18 — Edge-triggered: drain until EAGAIN.
 //!
 //! The w03-l17 epoll server, switched to edge-triggered mode (EPOLLET):
@@ -8,17 +9,28 @@
 //!
 //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L` bytes.
 //! Each complete frame is sent back unchanged, in order.
-// BEGIN SOLUTION
 // STUB
-//
-// // TODO: two gaps turn the level-triggered server into an edge-triggered one:
-// // `trigger_mode` (the flag every registration carries) and `Conn::read_all`
-// // (read until WouldBlock). Then check that `accept_clients` drains the
-// // listener's queue: with EPOLLET it must.
+// //! w03-l18 — Edge-triggered: drain until EAGAIN.
+// //!
+// //! The stub gives you the reference w03-l17 server (one thread, one epoll
+// //! instance, frames echoed in order), with the listener already
+// //! registered edge-triggered. Make the whole server edge-triggered by
+// //! writing four functions, each to the contract in its doc comment:
+// //! `register_client` and `update_interest` (every client registration,
+// //! the first and each change, edge-triggered), `Conn::read_all` (take
+// //! in everything a socket has) and `accept_clients` (take in every
+// //! client the listener holds).
+// //!
+// //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L`
+// //! bytes. Each complete frame is sent back unchanged, in order.
 // END SOLUTION
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Write};
+// The trait that gives a TcpStream its read method: the `Conn::read_all`
+// you write needs it.
+#[allow(unused_imports)]
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
@@ -56,6 +68,7 @@ struct Args {
 const HEADER_LEN: usize = 4;
 
 /// How much one read() may bring in at a time.
+#[allow(dead_code)] // given: the size of the reads your `Conn::read_all` makes
 const READ_CHUNK: usize = 64 * 1024;
 
 /// The epoll token (event data) of the listener. Clients use their fd
@@ -109,6 +122,7 @@ struct Conn {
     peer_closed: bool,
     /// The events this connection is registered for in the epoll instance
     /// right now, so an unchanged interest costs no epoll_ctl() call.
+    #[allow(dead_code)] // given: kept up to date by the registrations you write
     registered: EpollFlags,
 }
 
@@ -124,9 +138,12 @@ impl Conn {
         }
     }
 
-    /// The events epoll should report for this connection.
+    /// What the connection waits for right now: EPOLLIN until the client
+    /// has closed its side, EPOLLOUT while output is pending. The trigger
+    /// mode is not in it: the registrations add it.
+    #[allow(dead_code)] // given: the registrations you write call it
     fn interest(&self) -> EpollFlags {
-        let mut events = trigger_mode();
+        let mut events = EpollFlags::empty();
         if !self.peer_closed {
             events |= EpollFlags::EPOLLIN;
         }
@@ -139,16 +156,32 @@ impl Conn {
         events
     }
 
-    /// Reads everything the kernel has for this socket, until WouldBlock,
-    /// and appends it to `inbuf`. Edge-triggered epoll will not report the
-    /// socket again for bytes that were already there.
+    /// Takes in everything the kernel holds for this socket, appending it
+    /// to `inbuf`, until the socket has nothing more to give.
     ///
-    /// - Ok(()) with every waiting byte in `inbuf` (maybe none, when the
-    ///   wake-up was spurious: WouldBlock is not an error).
-    /// - Ok(()) with `peer_closed` set at EOF, clean or mid-frame alike: the
-    ///   bytes already buffered stay, so the frames they complete are still
-    ///   echoed. `has_partial_frame` tells the two cases apart.
-    /// - Err(e) when the connection is broken (reset by the client, ...).
+    /// Called when epoll_wait() reported the socket, edge-triggered: the
+    /// report was for the bytes (or the end) that arrived since the last
+    /// one, and none comes again for what is already there. Whatever this
+    /// call leaves in the kernel is stranded until the client sends more,
+    /// which it may never do: it waits for its echoes. One read is never
+    /// known to be the last, whatever its size, not even a short one: an
+    /// end of file may be queued right behind those bytes.
+    ///
+    /// What each read can say, and what it means:
+    /// - bytes: keep them after the ones already buffered, in order, and go
+    ///   on reading.
+    /// - `Ok(0)`: the client closed its side. Set `peer_closed` and return
+    ///   Ok(()): the bytes already buffered stay, so the frames they
+    ///   complete are still echoed (`has_partial_frame` tells a clean end
+    ///   from one in the middle of a frame).
+    /// - WouldBlock: drained. Return Ok(()), the normal end of every call,
+    ///   with or without new bytes (a wake-up may find nothing).
+    /// - Interrupted: a signal came before any byte; nothing was lost, read
+    ///   again.
+    /// - any other error (a reset: ECONNRESET): the connection is broken.
+    ///   Return it: the caller closes this connection, and only it. Taking
+    ///   it for WouldBlock keeps a dead socket open and registered, and no
+    ///   event will ever come for it again.
     fn read_all(&mut self) -> io::Result<()> {
         // BEGIN GAP read_all
         let mut chunk = [0u8; READ_CHUNK];
@@ -161,19 +194,16 @@ impl Conn {
                 }
                 // New bytes: keep them, and read again: more may be waiting.
                 Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
-                // Drained: the next new byte brings the next event.
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                // A signal interrupted the read before any byte: try again.
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // Reset or another real error: this connection is over.
-                Err(e) => return Err(e),
+                Err(e) => match e.kind() {
+                    // Drained: the next new byte brings the next event.
+                    ErrorKind::WouldBlock => return Ok(()),
+                    // A signal interrupted the read before any byte: try again.
+                    ErrorKind::Interrupted => {}
+                    // Reset or another real error: this connection is over.
+                    _ => return Err(e),
+                },
             }
         }
-        // STUB
-        // // TODO: read into a READ_CHUNK buffer in a loop, appending to
-        // // `inbuf`, until WouldBlock (return Ok). Ok(0): set `peer_closed`
-        // // and return Ok. Interrupted: read again. Any other error: return it.
-        // todo!("read until WouldBlock")
         // END GAP
     }
 
@@ -285,45 +315,76 @@ fn serve(conn: &mut Conn, ready: EpollFlags, max_frame: u32) -> io::Result<State
 // The epoll backend: the only functions that talk to the epoll instance
 // (as redis keeps epoll in ae_epoll.c, under one dispatch loop).
 
-/// The trigger mode every registration carries: edge-triggered.
-fn trigger_mode() -> EpollFlags {
-    // BEGIN GAP trigger_mode
-    // Every registration, in add and in modify: a modify without EPOLLET
-    // quietly turns the socket back to level-triggered.
-    EpollFlags::EPOLLET
-    // STUB
-    // // TODO: return `EpollFlags::EPOLLET`. `interest()` and
-    // // `register_listener` add it to every registration, in add and modify.
-    // todo!("edge-triggered mode")
-    // END GAP
-}
-
 /// A new epoll instance, closed when the returned value is dropped.
 fn create_epoll() -> nix::Result<Epoll> {
     // CLOEXEC: a program this server ever ran would not inherit the fd.
     Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
 }
 
-/// Adds the listener to the interest list, edge-triggered like the
-/// clients (accept_clients drains it); its events carry LISTENER.
+/// Adds the listener to the interest list, edge-triggered like every
+/// client: one event stands for every connection queued since the last
+/// one, so `accept_clients` must take them all. Its events carry LISTENER.
 fn register_listener(epoll: &Epoll, listener: &TcpListener) -> nix::Result<()> {
-    let interest = EpollFlags::EPOLLIN | trigger_mode();
+    let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
     epoll.add(listener, EpollEvent::new(interest, LISTENER))
 }
 
-/// Adds a new client to the interest list; its events carry its fd number.
+/// Adds a newly accepted client to the interest list, edge-triggered.
+///
+/// Receives the epoll instance and the connection, its socket already
+/// non-blocking and not registered yet. The registration asks for the
+/// events `Conn::interest` names, in edge-triggered mode (EPOLLET), and
+/// its data is the socket's fd number: that is the token `event_loop`
+/// finds the connection by.
+///
+/// Afterwards the connection's `registered` field holds exactly what the
+/// socket is registered for, so that `update_interest` can tell a change
+/// from none.
+///
+/// - Ok(()): registered. From now on epoll reports this socket once per
+///   edge (new bytes, an end of file, room to write once EPOLLOUT is asked
+///   for), never again for what it reported already.
+/// - Err(errno): the kernel refused (ENOMEM, or ENOSPC at the limit of
+///   watches per user). The caller closes this one connection.
+#[allow(unused_variables)] // the stub's todo!() leaves the parameters unused
 fn register_client(epoll: &Epoll, conn: &mut Conn) -> nix::Result<()> {
-    let interest = conn.interest();
+    // BEGIN GAP register_client
+    // Edge-triggered from the first registration on.
+    let mut interest = conn.interest();
+    interest.insert(EpollFlags::EPOLLET);
     let token = conn.stream.as_raw_fd() as u64;
     epoll.add(&conn.stream, EpollEvent::new(interest, token))?;
     conn.registered = interest;
     Ok(())
+    // END GAP
 }
 
-/// Tells epoll about a change in what the connection waits for (EPOLLOUT
-/// on while output is pending, EPOLLIN off once the client closed).
+/// Brings a client's registration up to date with what it waits for now
+/// (`Conn::interest`: EPOLLOUT on while output is pending and off once it
+/// is written, EPOLLIN off once the client closed its side). Called after
+/// every event the connection was served for.
+///
+/// A registration changed by the kernel's modify operation is replaced
+/// whole, mode included: it stays edge-triggered only if the new events
+/// say so again. A socket that quietly turns level-triggered keeps being
+/// reported for as long as it is readable or writable, and the server
+/// never notices.
+///
+/// When nothing changed (the connection's `registered` field already
+/// holds the events it would get), it makes no system call at all: an
+/// epoll_ctl() per event per connection is a cost for nothing. Otherwise,
+/// afterwards `registered` holds the new events.
+///
+/// - Ok(()): the registration says what the connection waits for.
+/// - Err(errno): the kernel refused. The caller closes this one
+///   connection.
+#[allow(unused_variables)] // the stub's todo!() leaves the parameters unused
 fn update_interest(epoll: &Epoll, conn: &mut Conn) -> nix::Result<()> {
-    let interest = conn.interest();
+    // BEGIN GAP update_interest
+    // Every modify replaces the whole registration: EPOLLET again, or the
+    // socket is level-triggered from now on.
+    let mut interest = conn.interest();
+    interest.insert(EpollFlags::EPOLLET);
     if interest == conn.registered {
         return Ok(());
     }
@@ -331,6 +392,7 @@ fn update_interest(epoll: &Epoll, conn: &mut Conn) -> nix::Result<()> {
     epoll.modify(&conn.stream, &mut EpollEvent::new(interest, token))?;
     conn.registered = interest;
     Ok(())
+    // END GAP
 }
 
 /// Blocks until at least one registered socket is ready; fills the front
@@ -339,47 +401,85 @@ fn wait_for_events(epoll: &Epoll, events: &mut [EpollEvent]) -> nix::Result<usiz
     epoll.wait(events, EpollTimeout::NONE)
 }
 
-/// Accepts every connection waiting in the listener's queue and registers
-/// each with epoll.
+/// Takes one accepted client in: at `max_clients` connections already, it
+/// is closed at once (the client sees EOF); otherwise its socket is made
+/// non-blocking (it does not inherit that from the listener), registered
+/// (`register_client`) and added to `conns`. Each failure is logged and
+/// closes that client only.
+#[allow(dead_code)] // given: your `accept_clients` calls it for each client it accepts
+fn admit(
+    epoll: &Epoll,
+    conns: &mut HashMap<RawFd, Conn>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    max_clients: usize,
+) {
+    if conns.len() >= max_clients {
+        eprintln!("{peer}: refused, {max_clients} clients already connected");
+        drop(stream); // accept-then-close: the client sees EOF at once
+        return;
+    }
+    if let Err(e) = stream.set_nonblocking(true) {
+        eprintln!("{peer}: cannot make the socket non-blocking: {e}");
+        return;
+    }
+    let mut conn = Conn::new(stream, peer);
+    if let Err(e) = register_client(epoll, &mut conn) {
+        eprintln!("{peer}: cannot register with epoll: {e}");
+        return; // dropping conn closes the socket
+    }
+    conns.insert(conn.stream.as_raw_fd(), conn);
+    eprintln!("{peer}: connected ({} active)", conns.len());
+}
+
+/// Takes in every client waiting in the listener's queue.
+///
+/// Called when epoll_wait() reported the listener. It is registered
+/// edge-triggered: that one report stands for every connection queued
+/// since the last one, and none of them is reported again. A connection
+/// left in the queue waits, connected but never served, until some other
+/// client happens to connect.
+///
+/// Each accepted client goes to `admit`, which refuses, registers and
+/// logs it. What each accept can say, and what it means:
+/// - a client: admit it, and accept again.
+/// - WouldBlock: the queue is empty. Return: the normal end of every
+///   call, not an error, and nothing to log.
+/// - Interrupted: a signal came first; nothing was lost, accept again.
+/// - any other error (ECONNABORTED: a client that gave up while queued;
+///   EMFILE or ENFILE: no file descriptor left): log it and return. It
+///   never ends the server, and it is not retried at once: at EMFILE the
+///   same error comes back for as long as clients wait, and a loop that
+///   retries it never gets back to the clients it holds.
+#[allow(unused_variables)] // the stub's todo!() leaves the parameters unused
 fn accept_clients(
     epoll: &Epoll,
     listener: &TcpListener,
     conns: &mut HashMap<RawFd, Conn>,
     max_clients: usize,
 ) {
+    // BEGIN GAP accept_clients
     // Edge-triggered: one event may stand for many queued connections, and
     // none is reported again until a new one arrives. Drain the queue.
     loop {
-        let (stream, peer) = match listener.accept() {
-            Ok(accepted) => accepted,
-            // The queue is empty: back to epoll_wait().
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-            // A signal interrupted accept(): try again.
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            // ECONNABORTED, EMFILE...: no reason to stop the server. Come
-            // back on the next epoll_wait() wake-up.
-            Err(e) => {
-                eprintln!("accept failed: {e}");
-                return;
-            }
-        };
-        if conns.len() >= max_clients {
-            eprintln!("{peer}: refused, {max_clients} clients already connected");
-            drop(stream); // accept-then-close: the client sees EOF at once
-            continue;
+        match listener.accept() {
+            Ok((stream, peer)) => admit(epoll, conns, stream, peer, max_clients),
+            Err(e) => match e.kind() {
+                // The queue is empty: back to epoll_wait().
+                ErrorKind::WouldBlock => return,
+                // A signal interrupted accept(): try again.
+                ErrorKind::Interrupted => {}
+                // ECONNABORTED, EMFILE...: no reason to stop the server.
+                // Back to epoll_wait(): at EMFILE the same error would come
+                // back at once, for as long as clients wait.
+                _ => {
+                    eprintln!("accept failed: {e}");
+                    return;
+                }
+            },
         }
-        if let Err(e) = stream.set_nonblocking(true) {
-            eprintln!("{peer}: cannot make the socket non-blocking: {e}");
-            continue;
-        }
-        let mut conn = Conn::new(stream, peer);
-        if let Err(e) = register_client(epoll, &mut conn) {
-            eprintln!("{peer}: cannot register with epoll: {e}");
-            continue; // dropping conn closes the socket
-        }
-        conns.insert(conn.stream.as_raw_fd(), conn);
-        eprintln!("{peer}: connected ({} active)", conns.len());
     }
+    // END GAP
 }
 
 /// The server: wait in epoll_wait() for any socket to be ready, serve the
