@@ -38,6 +38,12 @@ enum Bug {
     OversizeExits,
     /// l02: an oversize frame closes the connection, but nothing is logged.
     OversizeSilent,
+    /// l02: the limit taken as exclusive: a frame of exactly `--max-frame`
+    /// bytes is refused like an oversize one.
+    LimitExclusive,
+    /// l02: echoes written with the length prefix little-endian (the
+    /// machine's byte order on x86) instead of big-endian.
+    PrefixLittleEndian,
     /// l03: every client served from one thread with non-blocking sockets
     /// (concurrent, but not a thread per connection).
     OneThreadMultiplexed,
@@ -165,7 +171,12 @@ fn serve(stream: &mut TcpStream, bug: Bug, max_frame: usize) -> io::Result<()> {
             _ => read_frame(stream, bug, max_frame)?,
         };
         let Some(payload) = frame else { return Ok(()) };
-        let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+        let len = payload.len() as u32;
+        let mut out = if bug == Bug::PrefixLittleEndian {
+            len.to_le_bytes().to_vec()
+        } else {
+            len.to_be_bytes().to_vec()
+        };
         out.extend_from_slice(&payload);
         stream.write_all(&out)?;
     }
@@ -188,7 +199,8 @@ fn read_frame(stream: &mut TcpStream, bug: Bug, max_frame: usize) -> io::Result<
     if len == 0 && bug == Bug::EmptyFrameCloses {
         return Ok(None);
     }
-    if len > max_frame && bug != Bug::OversizeEchoed {
+    let refused = len > max_frame || (bug == Bug::LimitExclusive && len == max_frame);
+    if refused && bug != Bug::OversizeEchoed {
         return Err(io::Error::new(
             ErrorKind::InvalidData,
             format!("frame of {len} bytes exceeds --max-frame {max_frame}"),

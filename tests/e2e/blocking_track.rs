@@ -24,6 +24,8 @@ const PLANTED: &[Planted] = &[
     ("oversize-echoed", "w01-l02", "oversize", Some("oversize.echoed")),
     ("oversize-exits", "w01-l02", "oversize", Some("oversize.error-ends-the-server")),
     ("oversize-silent", "w01-l02", "oversize", Some("oversize.not-logged")),
+    ("limit-exclusive", "w01-l02", "frames", Some("frames.large-frame")),
+    ("prefix-little-endian", "w01-l02", "frames", Some("frames.prefix-byte-order")),
     ("one-at-a-time", "w01-l03", "concurrency", Some("concurrency.one-at-a-time")),
     ("one-thread-multiplexed", "w01-l03", "concurrency", Some("concurrency.too-few-threads")),
     ("ignores-workers", "w01-l04", "pool", Some("pool.too-many-at-once")),
@@ -132,6 +134,33 @@ fn an_oversize_frame_closed_without_a_log_line_fails_oversize() {
         "oversize-silent",
         "oversize",
         &["the server wrote nothing to stderr about it"],
+    );
+}
+
+#[test]
+fn a_limit_taken_as_exclusive_fails_the_frame_of_exactly_max_frame() {
+    fixture_fails_at(
+        "w01-l02",
+        "limit-exclusive",
+        "frames",
+        &[
+            "64 KiB frame: the server",
+            "likely cause: a frame of exactly --max-frame bytes (65536 by default) is allowed",
+        ],
+    );
+}
+
+#[test]
+fn an_echo_with_little_endian_prefixes_is_told_its_byte_order() {
+    fixture_fails_at(
+        "w01-l02",
+        "prefix-little-endian",
+        "frames",
+        &[
+            "1 byte per write: the echo differs from what was sent",
+            "likely cause: every payload came back right, but each length prefix byte-reversed",
+            "hint 5/5",
+        ],
     );
 }
 

@@ -35,6 +35,7 @@ pub const CAUSE_IDS: &[&str] = &[
     "frames.empty-frame",
     "frames.large-frame",
     "frames.pipelined",
+    "frames.prefix-byte-order",
     "frames.split-prefix",
     "frames.split-read",
     "frames.stopped-accepting",

@@ -203,6 +203,30 @@ fn random_bytes(rng: &mut ChaCha8Rng, len: usize) -> Vec<u8> {
     (0..len).map(|_| rng.random::<u8>()).collect()
 }
 
+/// Whether `received` is the frames of `payloads` with every length prefix
+/// little-endian: each frame that arrived whole has its payload right and
+/// its prefix byte-reversed, and at least one of those prefixes reads
+/// differently in the two orders (an empty frame's zeros show nothing).
+fn prefixes_reversed(payloads: &[Vec<u8>], received: &[u8]) -> bool {
+    let mut at = 0;
+    let mut order_shown = false;
+    for payload in payloads {
+        let end = at + HEADER_LEN + payload.len();
+        let Some(frame) = received.get(at..end) else {
+            break;
+        };
+        let Ok(len) = u32::try_from(payload.len()) else {
+            return false;
+        };
+        if frame[..HEADER_LEN] != len.to_le_bytes() || frame[HEADER_LEN..] != payload[..] {
+            return false;
+        }
+        order_shown |= len.to_le_bytes() != len.to_be_bytes();
+        at = end;
+    }
+    order_shown
+}
+
 impl Check for Frames {
     fn summary(&self) -> String {
         format!(
@@ -277,8 +301,19 @@ impl Check for Frames {
                     evidence.push(format!("sending failed too: {err}"));
                 }
                 evidence.extend(Ctx::server_evidence(&mut server));
+                // The payloads came back right, their prefixes reversed: the
+                // reading was fine, the echo's prefix is written in the
+                // wrong byte order, whatever the case was about.
+                let (cause_id, cause) = if prefixes_reversed(&case.payloads, &received) {
+                    (
+                        "frames.prefix-byte-order",
+                        "every payload came back right, but each length prefix byte-reversed (little-endian, the machine's order on x86): write L big-endian, most significant byte first, as it is read",
+                    )
+                } else {
+                    (case.cause_id, case.cause)
+                };
                 let outcome = StepOutcome::fail(format!("{}: {what}", case.name))
-                    .cause_as(case.cause_id, case.cause)
+                    .cause_as(cause_id, cause)
                     .evidence(evidence)
                     .figure("frames_echoed", echoed);
                 if received.is_empty() && closed_unechoed {
@@ -313,5 +348,44 @@ impl Check for Frames {
             self.pipelined,
             self.large / 1024
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn little_endian(payloads: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in payloads {
+            out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    #[test]
+    fn an_echo_with_little_endian_prefixes_is_recognised() {
+        let payloads = vec![b"abc".to_vec(), Vec::new(), vec![7u8; 300]];
+        assert!(prefixes_reversed(&payloads, &little_endian(&payloads)));
+        // Part of the echo is enough, once a prefix shows the order.
+        let echo = little_endian(&payloads);
+        assert!(prefixes_reversed(&payloads, &echo[..9]));
+    }
+
+    #[test]
+    fn a_right_echo_or_other_damage_is_not_blamed_on_the_byte_order() {
+        let payloads = vec![b"abc".to_vec(), vec![7u8; 300]];
+        assert!(!prefixes_reversed(
+            &payloads,
+            &frame_client::framed(&payloads)
+        ));
+        let mut wrong_payload = little_endian(&payloads);
+        wrong_payload[5] ^= 1;
+        assert!(!prefixes_reversed(&payloads, &wrong_payload));
+        // Only empty frames: their prefix is the same either way.
+        let empties = vec![Vec::new(), Vec::new()];
+        assert!(!prefixes_reversed(&empties, &little_endian(&empties)));
+        assert!(!prefixes_reversed(&payloads, &[]));
     }
 }

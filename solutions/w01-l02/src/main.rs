@@ -1,17 +1,31 @@
+// BEGIN SOLUTION
 //! w01-l02 — Length-prefixed frames.
 //!
 //! TCP carries bytes, not messages. This server gives them a shape: a 4-byte
 //! big-endian length `L`, then `L` bytes. It reads whole frames however the
 //! bytes are split across reads, echoes each one, and closes a connection
 //! whose frame is longer than `--max-frame`. Still one client at a time.
+// STUB
+// //! w01-l02 — Length-prefixed frames.
+// //!
+// //! TCP carries bytes, not messages. This server gives them a shape: a 4-byte
+// //! big-endian length `L`, then `L` bytes. The stub gives you the reference
+// //! l01 server, moved onto frames: the command line (with `--max-frame`), the
+// //! listening line, the accept loop and `serve_client`, which echoes frame
+// //! after frame. Write `read_frame` and `write_frame` to the contracts in
+// //! their doc comments; the unit tests at the bottom try them on a reader
+// //! that hands out one byte at a time (`cargo test`). Still one client at a
+// //! time.
+// END SOLUTION
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 
 use clap::Parser;
 
 /// Bytes in a frame's length prefix.
+#[allow(dead_code)] // given for `read_frame` and `write_frame`: unused until you write them
 const HEADER_LEN: usize = 4;
 
 /// A blocking echo server of length-prefixed frames, one client at a time.
@@ -87,18 +101,29 @@ fn serve_client(stream: &mut TcpStream, max_frame: usize) -> io::Result<u64> {
     Ok(frames)
 }
 
-/// Reads one whole frame from a blocking stream, however its bytes are
-/// split across reads.
+/// Reads the next frame from a blocking stream, whatever pieces its bytes
+/// arrive in. A frame is a 4-byte big-endian length `L`, then `L` bytes of
+/// payload, and `L` may be 0. A read hands over whatever has arrived so
+/// far, from a single byte up; nothing past the end of this frame may be
+/// consumed, because those bytes begin the next one.
 ///
 /// Returns:
-/// - `Ok(Some(payload))`: a complete frame; the payload may be empty.
+/// - `Ok(Some(bytes))`: the payload of one whole frame, empty when `L` is 0.
 /// - `Ok(None)`: the client closed its side before the first byte of a
 ///   frame. That is how a conversation ends; it is not an error.
-/// - `Err` of kind `UnexpectedEof`: the client closed in the middle of a
-///   frame (inside the length prefix or the payload).
-/// - `Err` of kind `InvalidData`: the length prefix is over `max_frame`.
-///   The payload is not read: the stream is out of step and must be closed.
-/// - any other `Err` from the stream (a reset, say).
+/// - an error of kind `UnexpectedEof`: the client closed in the middle of a
+///   frame, inside the length prefix or inside the payload.
+/// - an error of kind `InvalidData` when `L` is over `max_frame` (a frame of
+///   exactly `max_frame` bytes is allowed), its message naming `L` and the
+///   limit. It is returned as soon as the prefix is known, before any room
+///   is made for the payload or any of it is read: the stream is out of step
+///   and the caller logs the message and closes this connection.
+/// - any other error of the stream (a reset, say), as it came. A read
+///   interrupted by a signal (`Interrupted`) is no error: read again.
+///
+/// Whatever a client sends, the function returns: it never panics or ends
+/// the process, so one bad client costs one connection, not the server.
+#[allow(unused_variables)] // the stub's todo!() leaves the parameters unused
 fn read_frame(stream: &mut impl Read, max_frame: usize) -> io::Result<Option<Vec<u8>>> {
     // BEGIN GAP read_frame
     let mut header = [0u8; HEADER_LEN];
@@ -111,14 +136,14 @@ fn read_frame(stream: &mut impl Read, max_frame: usize) -> io::Result<Option<Vec
             Ok(0) if filled == 0 => return Ok(None),
             Ok(0) => {
                 return Err(io::Error::new(
-                    ErrorKind::UnexpectedEof,
+                    io::ErrorKind::UnexpectedEof,
                     format!(
                         "connection closed inside a length prefix ({filled} of {HEADER_LEN} bytes)"
                     ),
                 ))
             }
             Ok(n) => filled += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
@@ -127,7 +152,7 @@ fn read_frame(stream: &mut impl Read, max_frame: usize) -> io::Result<Option<Vec
     // prefix could ask for 4 GiB.
     if len > max_frame {
         return Err(io::Error::new(
-            ErrorKind::InvalidData,
+            io::ErrorKind::InvalidData,
             format!("frame of {len} bytes exceeds --max-frame {max_frame}"),
         ));
     }
@@ -136,50 +161,41 @@ fn read_frame(stream: &mut impl Read, max_frame: usize) -> io::Result<Option<Vec
     let mut payload = vec![0u8; len];
     stream.read_exact(&mut payload)?;
     Ok(Some(payload))
-    // STUB
-    // // TODO: read the 4-byte length prefix into `[0u8; HEADER_LEN]`. One
-    // // read() may return fewer bytes than asked, even a single one: loop,
-    // // adding up `filled`, until all 4 are in. Ok(0) before the first byte is
-    // // a clean end (return Ok(None)); Ok(0) after some bytes is an
-    // // io::Error of ErrorKind::UnexpectedEof. Retry ErrorKind::Interrupted.
-    // // TODO: decode L with u32::from_be_bytes(header). If L > max_frame,
-    // // return an io::Error of ErrorKind::InvalidData (name L and the limit)
-    // // without reading the payload.
-    // // TODO: read exactly L payload bytes into `vec![0u8; L]` (read_exact
-    // // loops over short reads; for L = 0 it reads nothing) and return
-    // // Ok(Some(payload)).
-    // todo!()
     // END GAP
 }
 
-/// Writes `payload` as one frame: its 4-byte big-endian length, then the
-/// bytes, with a single `write_all` (one buffer, so small frames leave in
-/// one segment instead of two).
+/// Sends `payload` as one frame: its length as 4 big-endian bytes (most
+/// significant first, the order the client decodes), then the payload. An
+/// empty payload is a frame of 4 zero bytes.
+///
+/// Returns `Ok(())` once every byte of the frame is handed to the kernel:
+/// one write may take only part of what it is given. Prefix and payload go
+/// out in a single buffer, so a small frame leaves in one segment rather
+/// than two (a second small write can wait a round trip behind the first).
+/// A payload too long for a 4-byte length is an error of kind
+/// `InvalidInput`, with nothing sent; any error of the stream (a reset, a
+/// closed peer) is returned as it came, and ends this client.
+#[allow(unused_variables)] // the stub's todo!() leaves the parameters unused
 fn write_frame(stream: &mut impl Write, payload: &[u8]) -> io::Result<()> {
     // BEGIN GAP write_frame
     let len = u32::try_from(payload.len()).map_err(|_| {
         io::Error::new(
-            ErrorKind::InvalidInput,
+            io::ErrorKind::InvalidInput,
             "a frame carries at most u32::MAX bytes",
         )
     })?;
+    // One buffer, one write_all: write_all loops until the kernel has it all.
     let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(payload);
     stream.write_all(&frame)
-    // STUB
-    // // TODO: build one buffer: L as a u32 in big-endian bytes
-    // // (u32::try_from(payload.len()), then .to_be_bytes()), then the payload,
-    // // and send it with one write_all. A payload too long for a u32 is an
-    // // io::Error of ErrorKind::InvalidInput.
-    // todo!()
     // END GAP
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Cursor;
+    use std::io::{Cursor, ErrorKind};
 
     /// A reader handing out at most `chunk` bytes per read, as a socket may.
     struct Trickle {
@@ -235,6 +251,43 @@ mod tests {
         assert_eq!(
             read_frame(&mut r, 100).unwrap_err().kind(),
             ErrorKind::UnexpectedEof
+        );
+    }
+
+    /// A reader whose first read fails with `first_error`, then hands out
+    /// `bytes` (and then end of file).
+    struct FailsOnce {
+        first_error: Option<ErrorKind>,
+        bytes: Cursor<Vec<u8>>,
+    }
+
+    impl Read for FailsOnce {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.first_error.take() {
+                Some(kind) => Err(kind.into()),
+                None => self.bytes.read(buf),
+            }
+        }
+    }
+
+    #[test]
+    fn an_interrupted_read_is_read_again() {
+        let mut r = FailsOnce {
+            first_error: Some(ErrorKind::Interrupted),
+            bytes: Cursor::new(framed(&[b"again"])),
+        };
+        assert_eq!(read_frame(&mut r, 100).unwrap().unwrap(), b"again");
+    }
+
+    #[test]
+    fn any_other_read_error_is_returned_as_it_came() {
+        let mut r = FailsOnce {
+            first_error: Some(ErrorKind::ConnectionReset),
+            bytes: Cursor::new(Vec::new()),
+        };
+        assert_eq!(
+            read_frame(&mut r, 100).unwrap_err().kind(),
+            ErrorKind::ConnectionReset
         );
     }
 
