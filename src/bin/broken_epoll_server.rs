@@ -44,6 +44,10 @@ enum Bug {
     /// The error arm retries the failed write at once, as if it were
     /// EINTR: a reset client with output pending holds the loop forever.
     ResetRetriesForever,
+    /// The read's error arm takes every error for WouldBlock: a client that
+    /// resets with nothing pending for it is never closed (its fd and its
+    /// registration leak; edge-triggered epoll never reports it again).
+    ReadErrorIgnored,
 }
 
 #[derive(Parser, Debug)]
@@ -188,7 +192,7 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
             let mut alive = true;
             let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
             if event.events().intersects(readable) && !conn.closed {
-                alive = read_in(conn, read_mode);
+                alive = read_in(conn, read_mode) || bug == Bug::ReadErrorIgnored;
             }
             alive = alive && echo_and_flush(conn);
             if !alive {

@@ -109,6 +109,7 @@ pub const CAUSE_IDS: &[&str] = &[
     "epoll.not-edge-triggered",
     "epoll.not-serving",
     "epoll.reset-ends-the-server",
+    "epoll.reset-left-open",
     "epoll.reset-starves-others",
     "epoll.spins",
     "epoll.stopped-accepting",

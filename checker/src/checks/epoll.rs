@@ -22,6 +22,13 @@
 //!    echoes still pending: the error arms run. The server must live on,
 //!    echo every client still held and a new one, and its registrations are
 //!    read once more.
+//! 5. with `reset_mid_frame`: that reset client's connection must be closed
+//!    in the server (its fd, the socket inode the server held for it, gone
+//!    from /proc/PID/fd), and a third client sends half a frame, so nothing
+//!    is pending for it, and resets. Only the read reports that reset
+//!    (ECONNRESET): a read error arm that takes it for WouldBlock keeps the
+//!    dead socket open, and edge-triggered epoll never reports it again.
+//!    Its connection must be closed too, and a new client served.
 //!
 //! The listener is exempt: a level-triggered listener and an edge-triggered
 //! one that accepts until WouldBlock are both correct (the `connect_burst`
@@ -63,6 +70,10 @@ pub struct Epoll {
     /// buffers hold, so the server's output backs up; 0 reads the idle
     /// registrations only.
     pub slow_bytes: usize,
+    /// With `edge_triggered` and `slow_bytes`: every client that reset
+    /// must have its connection closed, and a client also resets
+    /// mid-frame, with nothing pending for it (module doc, 5).
+    pub reset_mid_frame: bool,
     /// Bound on the slow reader's echoes and on each wait for the server.
     pub timeout_secs: u64,
     pub args: Vec<String>,
@@ -74,6 +85,7 @@ impl Default for Epoll {
             edge_triggered: false,
             connections: 5,
             slow_bytes: 8 << 20,
+            reset_mid_frame: false,
             timeout_secs: 15,
             args: Vec::new(),
         }
@@ -91,8 +103,13 @@ impl Check for Epoll {
             (false, _) => String::new(),
             (true, 0) => ", every client registered with EPOLLET".into(),
             (true, bytes) => format!(
-                ", every client registered with EPOLLET, read again while a slow reader's {} KiB of echoes back up and drain and after a client resets mid-echo",
-                bytes / 1024
+                ", every client registered with EPOLLET, read again while a slow reader's {} KiB of echoes back up and drain and after a client resets mid-echo{}",
+                bytes / 1024,
+                if self.reset_mid_frame {
+                    "; another resets mid-frame with nothing pending, and both reset connections must be closed"
+                } else {
+                    ""
+                }
             ),
         };
         format!(
@@ -227,6 +244,7 @@ impl Check for Epoll {
             if self.slow_bytes > 0 {
                 let changing = ChangingReadings {
                     slow_bytes: self.slow_bytes,
+                    reset_mid_frame: self.reset_mid_frame,
                     timeout: Duration::from_secs(self.timeout_secs),
                     seed: ctx.seed,
                 };
@@ -237,6 +255,12 @@ impl Check for Epoll {
                             "epoll: EPOLLET kept on every client registration while a slow reader's echoes backed up and after; a client reset mid-echo survived"
                                 .into(),
                         );
+                        if self.reset_mid_frame {
+                            proof.push(
+                                "epoll: a client reset with echoes pending and one reset mid-frame: both connections closed, the others still served"
+                                    .into(),
+                            );
+                        }
                     }
                     Err(outcome) => return Ok(outcome),
                 }
@@ -543,9 +567,10 @@ macro_rules! judged {
     };
 }
 
-/// The readings taken while the registrations change (module doc, 1-4).
+/// The readings taken while the registrations change (module doc, 1-5).
 struct ChangingReadings {
     slow_bytes: usize,
+    reset_mid_frame: bool,
     timeout: Duration,
     seed: u64,
 }
@@ -796,6 +821,8 @@ impl ChangingReadings {
         if let Err(outcome) = self.until_armed(server, watch, reset_fd, before_reset)? {
             return Ok(Err(outcome));
         }
+        let reset_socket =
+            reset_fd.and_then(|fd| socket_inode(server.pid, fd).map(|inode| (fd, inode)));
         reset(resetter);
         ctx.log.detail(format!(
             "resetting client (server fd {}): sent {} KiB reading nothing, then closed with SO_LINGER 0 (an RST) with its echoes pending",
@@ -832,13 +859,138 @@ impl ChangingReadings {
             Err(what) => return Ok(Err(self.not_served(server, format!("a new client: {what}")))),
         }
         judged!(watch.reading(server, "after the reset, with every client served again"));
+        let closed = if self.reset_mid_frame {
+            match self.resets_closed(ctx, server, watch, reset_socket)? {
+                Ok(detail) => format!("; {detail}"),
+                Err(outcome) => return Ok(Err(outcome)),
+            }
+        } else {
+            String::new()
+        };
         Ok(Ok(format!(
-            "EPOLLET on every client registration in all {} readings: a new client, its {kib} KiB of echoes backing up ({}), draining, drained ({}), another client's reset; after the reset {} clients still connected and a new one echoed",
+            "EPOLLET on every client registration in all {} readings: a new client, its {kib} KiB of echoes backing up ({}), draining, drained ({}), another client's reset; after the reset {} clients still connected and a new one echoed{closed}",
             watch.readings,
             if armed.is_some() { "EPOLLOUT armed" } else { "EPOLLOUT never seen" },
             if disarmed.is_some() { "EPOLLOUT disarmed" } else { "EPOLLOUT kept" },
             served
         )))
+    }
+
+    /// Module doc, 5: the client that reset with echoes pending is closed
+    /// (`reset_socket`: the server's fd and socket inode for it, when they
+    /// were told apart), and so is one that resets mid-frame with nothing
+    /// pending; then a new client is served.
+    fn resets_closed(
+        &self,
+        ctx: &mut Ctx,
+        server: &mut Server,
+        watch: &mut EtWatch,
+        reset_socket: Option<(i32, u64)>,
+    ) -> Result<std::result::Result<String, StepOutcome>> {
+        let mut checked = 0;
+        if let Some(socket) = reset_socket {
+            if let Err(outcome) = self.closed_within(
+                server,
+                socket,
+                "the client that had echoes pending",
+                "its echoes were pending, so both the read and the write that followed failed",
+            )? {
+                return Ok(Err(outcome));
+            }
+            checked += 1;
+        }
+
+        let (mut client, fd) =
+            match self.new_client(server, watch, "the client resetting mid-frame")? {
+                Ok(client) => client,
+                Err(outcome) => return Ok(Err(outcome)),
+            };
+        let socket = fd.and_then(|fd| socket_inode(server.pid, fd).map(|inode| (fd, inode)));
+        // The header of a 200-byte frame and 100 of its bytes: nothing to
+        // echo, so no write of the server's ever meets the reset.
+        let whole = stress::frame::encode(&[0xa5; 200]);
+        if let Err(err) = client.write_all(&whole[..4 + 100]) {
+            return Ok(Err(self.not_served(
+                server,
+                format!("the client resetting mid-frame could not send half a frame: {err}"),
+            )));
+        }
+        // Time for the server to read the half frame: the reset comes alone.
+        std::thread::sleep(Duration::from_millis(200));
+        reset(client);
+        ctx.log.detail(format!(
+            "client resetting mid-frame (server fd {}): sent 104 of 204 bytes, then an RST, with nothing pending for it",
+            fd.map_or("unknown".into(), |fd| fd.to_string())
+        ));
+        let after = "after a client reset mid-frame";
+        if let Some(death) = server.death_notice_within(Duration::from_millis(300)) {
+            return Ok(Err(StepOutcome::fail(format!(
+                "the server died {after}: {death}"
+            ))
+            .death_cause("epoll.reset-ends-the-server", RESET_CAUSE)
+            .evidence(Ctx::server_evidence(server))));
+        }
+        if let Some(socket) = socket {
+            if let Err(outcome) = self.closed_within(
+                server,
+                socket,
+                "the client that had sent half a frame",
+                "nothing was pending for it: only the read reports this reset",
+            )? {
+                return Ok(Err(outcome));
+            }
+            checked += 1;
+        }
+        judged!(watch.reading(server, after));
+        if let Err(what) = echo_once(server.addr, 300).map(drop) {
+            return Ok(Err(self.not_served(server, format!("a new client: {what}"))));
+        }
+        Ok(Ok(format!(
+            "a client reset mid-frame with nothing pending; {checked} reset connection(s) closed in the server, a new client echoed"
+        )))
+    }
+
+    /// Waits (bounded) until the server has closed its socket for a client
+    /// that reset: `socket` (fd, inode) no longer among its open fds (the fd
+    /// number alone may be reused by a later connection).
+    fn closed_within(
+        &self,
+        server: &mut Server,
+        (fd, inode): (i32, u64),
+        who: &str,
+        why: &str,
+    ) -> Result<std::result::Result<(), StepOutcome>> {
+        let target = format!("socket:[{inode}]");
+        let started = Instant::now();
+        loop {
+            let open = match procfs::open_fds(server.pid) {
+                Ok(fds) => fds.iter().any(|f| f.fd == fd && f.target == target),
+                Err(err) => {
+                    return match server.death_notice_within(Duration::from_millis(300)) {
+                        Some(death) => Ok(Err(StepOutcome::fail(format!(
+                            "the server died after {who} reset: {death}"
+                        ))
+                        .death_cause("epoll.reset-ends-the-server", RESET_CAUSE)
+                        .evidence(Ctx::server_evidence(server)))),
+                        None => Err(err),
+                    }
+                }
+            };
+            if !open {
+                return Ok(Ok(()));
+            }
+            if started.elapsed() >= RESET_CLOSE_WAIT {
+                break;
+            }
+            std::thread::sleep(READING_GAP);
+        }
+        let pid = server.pid;
+        Ok(Err(StepOutcome::fail(format!(
+            "{} ms after {who} reset its connection (an RST), the server still holds it open: fd {fd} ({target} in /proc/{pid}/fd); {why}",
+            RESET_CLOSE_WAIT.as_millis()
+        ))
+        .cause_as("epoll.reset-left-open", "a read that fails with anything but WouldBlock or Interrupted (ECONNRESET here) means the connection is broken: end it, so the caller closes it. Taken for WouldBlock, it keeps a dead socket open and registered, and edge-triggered epoll never reports that socket again: a file descriptor leaked per client that resets")
+        .evidence(Ctx::server_evidence(server))))
     }
 
     fn not_served(&self, server: &mut Server, what: String) -> StepOutcome {
@@ -854,6 +1006,24 @@ impl ChangingReadings {
         }
         .evidence(Ctx::server_evidence(server))
     }
+}
+
+/// How long a server may take to close a connection after its client reset
+/// (a correct loop closes it on the event the reset brings, in
+/// milliseconds).
+const RESET_CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// The inode of the socket the process holds as `fd`, if it is one.
+fn socket_inode(pid: Pid, fd: i32) -> Option<u64> {
+    procfs::open_fds(pid)
+        .ok()?
+        .into_iter()
+        .find(|f| f.fd == fd)?
+        .target
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// What a reset client's death of the server most likely is.
