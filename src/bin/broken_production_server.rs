@@ -72,6 +72,29 @@ enum Bug {
     /// HTTP: clients registered level-triggered with EPOLLOUT always on:
     /// epoll_wait() returns at once while any connection is open.
     HttpSpinsIdle,
+    /// HTTP: one request answered per read; the pipelined ones behind it
+    /// wait in the buffer for bytes that never come.
+    PipeliningOnePerRead,
+    /// HTTP: a response's close ignored by the loop: the connection stays
+    /// open after `Connection: close` (the response still says close).
+    ConnectionCloseIgnored,
+    /// HTTP: no `..` guard: the target is joined to the root as it comes.
+    DotdotEscapes,
+    /// HTTP: a `.` segment refused like `..` (404).
+    DotSegmentRefused,
+    /// HTTP: a request that cannot be framed (a head over the limit, a bad
+    /// Content-Length) closes the connection without its 400.
+    #[value(name = "bad-head-closed-silently")]
+    BadHeadClosedSilently,
+    /// HTTP: a Content-Length that is not a number is taken as 0.
+    ContentLengthNotANumberIgnored,
+    /// HTTP: of two Content-Length headers that disagree, the first wins.
+    ContentLengthFirstWins,
+    /// HTTP: a target without its leading `/` is served like one with it.
+    TargetWithoutSlashServed,
+    /// HTTP: the 8 KiB limit is exclusive: a head of exactly 8192 bytes,
+    /// blank line included, is refused.
+    HeadLimitExclusive,
     /// No bug, broadcast: each frame to every other client, a subscriber
     /// over 4 MiB pending disconnected.
     BroadcastNone,
@@ -409,24 +432,27 @@ fn http_serve(
             Bug::HeadLimitAfterEnd | Bug::NoHeadLimit => &inbuf[..],
             _ => &inbuf[..inbuf.len().min(limit)],
         };
+        // The bug BadHeadClosedSilently closes without the 400.
+        let refuse = |inbuf: &mut Vec<u8>, out: &mut Vec<u8>| {
+            if bug != Bug::BadHeadClosedSilently {
+                out.extend_from_slice(&bad_request());
+            }
+            inbuf.clear();
+            true
+        };
         let Some(end) = searched.windows(4).position(|w| w == b"\r\n\r\n") else {
             if inbuf.len() >= limit && bug != Bug::HeadLimitAfterEnd {
-                out.extend_from_slice(&bad_request());
-                inbuf.clear();
-                return true;
+                return refuse(inbuf, out);
             }
             return false;
         };
-        if end + 4 > limit {
-            out.extend_from_slice(&bad_request());
-            inbuf.clear();
-            return true;
+        // The bug HeadLimitExclusive refuses a head of exactly the limit.
+        if end + 4 > limit || (bug == Bug::HeadLimitExclusive && end + 4 >= limit) {
+            return refuse(inbuf, out);
         }
         let head: Vec<u8> = inbuf.drain(..end + 4).collect();
-        let Some(length) = content_length(&head) else {
-            out.extend_from_slice(&bad_request());
-            inbuf.clear();
-            return true;
+        let Some(length) = content_length(&head, bug) else {
+            return refuse(inbuf, out);
         };
         if bug != Bug::BodyParsedAsRequest {
             *body_left = length;
@@ -439,24 +465,43 @@ fn http_serve(
             http_response(&head, root, bug)
         };
         out.extend_from_slice(&response);
-        if close {
+        // The bug ConnectionCloseIgnored goes on as if the response kept
+        // the connection.
+        if close && bug != Bug::ConnectionCloseIgnored {
             inbuf.clear();
             return true;
+        }
+        if bug == Bug::PipeliningOnePerRead {
+            // The bug: the rest waits for the next read.
+            return false;
         }
     }
 }
 
-/// The request's Content-Length (0 without one); None when it is not a number.
-fn content_length(head: &[u8]) -> Option<usize> {
+/// The request's Content-Length (0 without one); None when it is not one
+/// number (not a number, or two headers that disagree).
+fn content_length(head: &[u8], bug: Bug) -> Option<usize> {
     let text = String::from_utf8_lossy(head);
+    let mut length = None;
     for line in text.split("\r\n").skip(1) {
         if let Some((name, value)) = line.split_once(':') {
             if name.eq_ignore_ascii_case("content-length") {
-                return value.trim().parse().ok();
+                let parsed = match value.trim().parse().ok() {
+                    // The bug ContentLengthNotANumberIgnored.
+                    None if bug == Bug::ContentLengthNotANumberIgnored => 0,
+                    None => return None,
+                    Some(n) => n,
+                };
+                match length {
+                    // The bug ContentLengthFirstWins keeps the first.
+                    Some(_) if bug == Bug::ContentLengthFirstWins => {}
+                    Some(first) if first != parsed => return None,
+                    _ => length = Some(parsed),
+                }
             }
         }
     }
-    Some(0)
+    Some(length.unwrap_or(0))
 }
 
 fn bad_request() -> Vec<u8> {
@@ -476,7 +521,9 @@ fn http_response(head: &[u8], root: &std::path::Path, bug: Bug) -> (Vec<u8>, boo
     let [method, target, version] = parts[..] else {
         return (bad_request(), true);
     };
-    if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
+    // The bug TargetWithoutSlashServed takes `notes.txt` for `/notes.txt`.
+    let slash = target.starts_with('/') || bug == Bug::TargetWithoutSlashServed;
+    if !version.starts_with("HTTP/1.") || !slash || method.is_empty() {
         return (bad_request(), true);
     }
     let mut close =
@@ -503,7 +550,13 @@ fn http_response(head: &[u8], root: &std::path::Path, bug: Bug) -> (Vec<u8>, boo
         "GET" | "HEAD" => {
             let file = root.join(target.trim_start_matches('/'));
             match std::fs::read(&file) {
-                Ok(body) if !target.contains("..") && file.is_file() => {
+                // The bug DotdotEscapes has no `..` guard; DotSegmentRefused
+                // refuses `.` too.
+                Ok(body)
+                    if (!target.contains("..") || bug == Bug::DotdotEscapes)
+                        && !(bug == Bug::DotSegmentRefused && target.contains("/./"))
+                        && file.is_file() =>
+                {
                     let kind = match file.extension().and_then(|e| e.to_str()) {
                         Some("html") => "text/html",
                         Some("txt") => "text/plain",

@@ -47,13 +47,55 @@ fn one_thread_serving_every_listener_fails_the_loops_step() {
     );
 }
 
+/// Every w04-l25 bug of the fixture: `(bug, lesson, step, cause_id)`, the
+/// step it fails at and the cause it plants. (w04-l24 and w04-l26 have no
+/// rows yet: their tests assert the messages only.)
+#[rustfmt::skip]
+const PLANTED: &[Planted] = &[
+    ("keepalive-broken", "w04-l25", "http", Some("http.closed-before-response")),
+    ("no-content-length", "w04-l25", "http", Some("http.no-content-length")),
+    ("405-without-allow", "w04-l25", "http", Some("http.405-without-allow")),
+    ("http10-keeps-open", "w04-l25", "http", Some("http.http10-kept-open")),
+    ("head-404-body", "w04-l25", "http", Some("http.head-with-body")),
+    ("no-head-limit", "w04-l25", "http", Some("http.no-head-limit")),
+    ("head-limit-after-end", "w04-l25", "http", Some("http.head-limit-waits-for-the-end")),
+    ("head-limit-too-small", "w04-l25", "http", Some("http.head-limit-too-small")),
+    ("head-limit-exclusive", "w04-l25", "http", Some("http.head-limit-too-small")),
+    ("case-sensitive-connection", "w04-l25", "http", Some("http.connection-header-case")),
+    ("body-parsed-as-request", "w04-l25", "http", Some("http.body-parsed-as-request")),
+    ("body-split-lost", "w04-l25", "http", Some("http.body-split-lost")),
+    ("pipelining-one-per-read", "w04-l25", "http", Some("http.pipelined-unanswered")),
+    ("connection-close-ignored", "w04-l25", "http", Some("http.not-closed-after-close")),
+    ("dotdot-escapes", "w04-l25", "http", Some("http.path-leaves-the-root")),
+    ("dot-segment-refused", "w04-l25", "http", Some("http.dot-segment-refused")),
+    ("bad-head-closed-silently", "w04-l25", "http", Some("http.closed-without-400")),
+    ("content-length-not-a-number-ignored", "w04-l25", "http", Some("http.bad-content-length-accepted")),
+    ("content-length-first-wins", "w04-l25", "http", Some("http.bad-content-length-accepted")),
+    ("target-without-slash-served", "w04-l25", "http", Some("http.malformed-request-accepted")),
+    ("http-thread-per-request", "w04-l25", "http_process", Some("http_process.thread-per-request")),
+    ("http-thread-per-connection", "w04-l25", "http_process", Some("http_process.thread-per-connection")),
+    ("http-spins-idle", "w04-l25", "http_idle_cpu", Some("http_idle_cpu.spins")),
+];
+
+#[test]
+fn every_w04_l25_fixture_bug_gets_the_cause_it_plants() {
+    every_planted_cause_is_given(FIXTURE, PLANTED, &[]);
+}
+
+/// Runs w04-l25 against the fixture with `bug` (the run its row of
+/// `PLANTED` shares); asserts it fails at `step` with its planted cause and
+/// every one of `expected` in its text.
+fn l25_fails_at(bug: &str, step: &str, expected: &[&str]) -> String {
+    planted_fails_at(FIXTURE, PLANTED, "w04-l25", bug, step, expected)
+}
+
 #[test]
 fn w04_l25_solution_passes_with_its_seed_report_figures() {
     lesson_solution_passes(
         "w04-l25",
         &[
-            "http: 20 cases: GET and HEAD with Content-Length and Content-Type, 404 (HEAD without a body), 400, 405 with Allow,",
-            "heads over 8192 bytes refused, bodies dropped",
+            "http: 24 cases: GET and HEAD with Content-Length and Content-Type, 404 (HEAD without a body), 400, 405 with Allow,",
+            "heads over 8192 bytes refused, bodies dropped, a Content-Length that is not one number refused",
             "http_process: at most 1 thread(s), 0 child processes, with 8 keep-alive connections idle and under a GET load of 4 clients",
             "http_idle_cpu: under 200 ms of CPU in 2000 ms with 10 keep-alive connections idle and one half-sent request",
             "Availability:            100.00 %",
@@ -65,9 +107,15 @@ fn w04_l25_solution_passes_with_its_seed_report_figures() {
     );
 }
 
+/// The stub's first request reaches `serve`'s todo!(): the http step fails
+/// with the panic on its FAIL line.
 #[test]
-fn w04_l25_stub_fails_at_the_http_step() {
-    lesson_stub_fails_at("w04-l25", "http");
+fn w04_l25_stub_fails_at_the_http_step_in_serve() {
+    let stdout = lesson_stub_fails_at("w04-l25", "http");
+    assert!(
+        stdout.contains("not yet implemented: gap `serve`"),
+        "the FAIL line does not quote serve's todo!():\n{stdout}"
+    );
 }
 
 #[test]
@@ -77,9 +125,7 @@ fn a_correct_http_server_passes_w04_l25() {
 
 #[test]
 fn closing_after_every_response_fails_the_http_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "keepalive-broken",
         "http",
         &[
@@ -91,9 +137,7 @@ fn closing_after_every_response_fails_the_http_step() {
 
 #[test]
 fn responses_without_content_length_fail_the_http_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "no-content-length",
         "http",
         &[
@@ -105,9 +149,7 @@ fn responses_without_content_length_fail_the_http_step() {
 
 #[test]
 fn a_405_without_allow_fails_the_http_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "405-without-allow",
         "http",
         &[
@@ -119,9 +161,7 @@ fn a_405_without_allow_fails_the_http_step() {
 
 #[test]
 fn an_http10_request_kept_open_fails_the_http_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "http10-keeps-open",
         "http",
         &[
@@ -133,9 +173,7 @@ fn an_http10_request_kept_open_fails_the_http_step() {
 
 #[test]
 fn a_body_after_the_404_of_a_head_request_fails_the_http_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "head-404-body",
         "http",
         &[
@@ -147,13 +185,11 @@ fn a_body_after_the_404_of_a_head_request_fails_the_http_step() {
 
 #[test]
 fn no_limit_on_the_request_head_fails_the_http_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "no-head-limit",
         "http",
         &[
-            "a whole request head of 9216 bytes (the limit is 8192): status line \"HTTP/1.1 200 OK\", expected 400",
+            "a whole request head of 8193 bytes (the limit is 8192): status line \"HTTP/1.1 200 OK\", expected 400",
             "a request head longer than 8192 bytes is answered `400 Bad Request` and the connection closed",
         ],
     );
@@ -161,9 +197,7 @@ fn no_limit_on_the_request_head_fails_the_http_step() {
 
 #[test]
 fn a_head_limit_checked_only_once_the_head_ends_fails_the_http_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "head-limit-after-end",
         "http",
         &[
@@ -175,23 +209,31 @@ fn a_head_limit_checked_only_once_the_head_ends_fails_the_http_step() {
 
 #[test]
 fn a_head_limit_under_8_kib_fails_the_http_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "head-limit-too-small",
         "http",
         &[
-            "a request head of 8000 bytes (the limit is 8192): status line \"HTTP/1.1 400 Bad Request\", expected 200",
+            "a request head of exactly 8192 bytes (the limit): status line \"HTTP/1.1 400 Bad Request\", expected 200",
             "a request head of up to 8192 bytes is served",
         ],
     );
 }
 
 #[test]
+fn a_head_of_exactly_8_kib_refused_fails_the_http_step() {
+    l25_fails_at(
+        "head-limit-exclusive",
+        "http",
+        &[
+            "a request head of exactly 8192 bytes (the limit): status line \"HTTP/1.1 400 Bad Request\", expected 200",
+            "request line, headers and the blank line together",
+        ],
+    );
+}
+
+#[test]
 fn a_case_sensitive_connection_header_fails_the_http_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "case-sensitive-connection",
         "http",
         &[
@@ -203,9 +245,7 @@ fn a_case_sensitive_connection_header_fails_the_http_step() {
 
 #[test]
 fn a_body_parsed_as_the_next_request_fails_the_http_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "body-parsed-as-request",
         "http",
         &[
@@ -217,9 +257,7 @@ fn a_body_parsed_as_the_next_request_fails_the_http_step() {
 
 #[test]
 fn the_rest_of_a_body_in_a_later_read_parsed_as_a_request_fails_the_http_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "body-split-lost",
         "http",
         &[
@@ -231,10 +269,104 @@ fn the_rest_of_a_body_in_a_later_read_parsed_as_a_request_fails_the_http_step() 
 }
 
 #[test]
+fn one_request_answered_per_read_fails_the_http_step() {
+    l25_fails_at(
+        "pipelining-one-per-read",
+        "http",
+        &[
+            "pipelined response 2 of 3 (notes.txt): no whole response in time",
+            "one read may hold several requests: answer each, in order, before waiting again",
+        ],
+    );
+}
+
+#[test]
+fn a_connection_kept_after_connection_close_fails_the_http_step() {
+    l25_fails_at(
+        "connection-close-ignored",
+        "http",
+        &[
+            "GET with `Connection: close`: the connection was still open 2 s after the response",
+            "after a request with `Connection: close`, close the connection once the response is written",
+        ],
+    );
+}
+
+#[test]
+fn a_target_glued_to_the_root_with_its_dotdot_fails_the_http_step() {
+    l25_fails_at(
+        "dotdot-escapes",
+        "http",
+        &[
+            "GET /../secret.txt (secret.txt lies beside the root): status line \"HTTP/1.1 200 OK\", and the body holds secret.txt",
+            "a `..` segment climbs out of the document root",
+        ],
+    );
+}
+
+#[test]
+fn a_dot_segment_refused_fails_the_http_step() {
+    l25_fails_at(
+        "dot-segment-refused",
+        "http",
+        &[
+            "GET /./notes.txt (a `.` segment): status line \"HTTP/1.1 404 Not Found\", expected 200 with notes.txt",
+            "a `.` segment names the directory it is in",
+        ],
+    );
+}
+
+#[test]
+fn closing_an_unframed_request_without_its_400_fails_the_http_step() {
+    l25_fails_at(
+        "bad-head-closed-silently",
+        "http",
+        &[
+            "a whole request head of 8193 bytes (the limit is 8192): the server closed the connection without a response",
+            "answer 400 before closing",
+        ],
+    );
+}
+
+#[test]
+fn a_content_length_that_is_not_a_number_taken_as_0_fails_the_http_step() {
+    l25_fails_at(
+        "content-length-not-a-number-ignored",
+        "http",
+        &[
+            "GET /notes.txt with `Content-Length: twelve`: status line \"HTTP/1.1 200 OK\", expected 400",
+            "a request whose Content-Length is not one number cannot be framed",
+        ],
+    );
+}
+
+#[test]
+fn the_first_of_two_disagreeing_content_lengths_taken_fails_the_http_step() {
+    l25_fails_at(
+        "content-length-first-wins",
+        "http",
+        &[
+            "GET /notes.txt with two Content-Length headers that disagree (4 and 6, then 6 body bytes): status line \"HTTP/1.1 200 OK\", expected 400",
+            "two Content-Length headers with different values are not one number",
+        ],
+    );
+}
+
+#[test]
+fn a_target_without_its_slash_served_fails_the_http_step() {
+    l25_fails_at(
+        "target-without-slash-served",
+        "http",
+        &[
+            "a request target without its leading `/` (`GET notes.txt HTTP/1.1`): status line \"HTTP/1.1 200 OK\", expected 400 (or 404)",
+            "a request target is a path beginning with `/`",
+        ],
+    );
+}
+
+#[test]
 fn a_thread_per_http_request_fails_the_http_process_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "http-thread-per-request",
         "http_process",
         &[
@@ -247,9 +379,7 @@ fn a_thread_per_http_request_fails_the_http_process_step() {
 
 #[test]
 fn a_thread_per_http_connection_fails_the_http_process_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "http-thread-per-connection",
         "http_process",
         &[
@@ -261,9 +391,7 @@ fn a_thread_per_http_connection_fails_the_http_process_step() {
 
 #[test]
 fn an_http_loop_that_spins_while_idle_fails_the_http_idle_cpu_step() {
-    track_fixture_fails_at(
-        FIXTURE,
-        "w04-l25",
+    l25_fails_at(
         "http-spins-idle",
         "http_idle_cpu",
         &[

@@ -5,7 +5,8 @@
 //! GET of each file (status 200, Content-Length, Content-Type, the exact
 //! body), HEAD (same headers, no body: the next response on the connection
 //! must parse), a missing file (404), a malformed request line (400), `..`
-//! paths reaching for secret.txt (404 or 400, never its bytes), five
+//! paths reaching for secret.txt (404 or 400, never its bytes), a `.`
+//! segment (`/./notes.txt` is notes.txt, or a redirect to it), five
 //! requests on one keep-alive connection, `Connection: close` (the response,
 //! then EOF), a request sent one byte per write, and three pipelined
 //! requests in one write (three responses, in order). Then the lesson's
@@ -13,12 +14,17 @@
 //! HTTP/1.0 request without `Connection: keep-alive` (the response, then
 //! EOF), HEAD of a missing file (a 404 head and not one byte after it),
 //! `connection: close` in lower case (header names are case-insensitive),
-//! request heads just under `max_head_bytes` (200), over it (400, then
-//! EOF) and never ending (400, then EOF, without waiting for the end), a
-//! POST whose body is a whole request and a GET whose body comes in two
-//! writes, each followed by a pipelined GET (the body is dropped: the GET
-//! is answered, nothing else). Every response must carry Content-Length:
-//! it is how a keep-alive client finds its end.
+//! a request target without its leading `/` (400 or 404, never the file),
+//! request heads of exactly `max_head_bytes` (200), one byte over it (400,
+//! then EOF) and never ending (400, then EOF, without waiting for the
+//! end), a POST whose body is a whole request and a GET whose body comes
+//! in two writes, each followed by a pipelined GET (the body is dropped:
+//! the GET is answered, nothing else), and a Content-Length that is not
+//! one number, not a number or two that disagree (400, then EOF: RFC 9112
+//! section 6.3). Every response must carry Content-Length: it is how a
+//! keep-alive client finds its end. The cases run in order and the first
+//! that fails ends the step: a server that never answers does not cost
+//! every case its timeout.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -164,6 +170,16 @@ impl Missing {
                 format!("a response without Content-Length: {head:?}")
             }
             Missing::Io(e) => format!("socket error: {e}"),
+        }
+    }
+
+    /// The id of [`Missing::cause`].
+    pub fn cause_id(&self) -> &'static str {
+        match self {
+            Missing::ClosedBefore => "http.closed-before-response",
+            Missing::NoContentLength(_) => "http.no-content-length",
+            Missing::Timeout(_) => "http.request-unanswered",
+            _ => "http.malformed-response",
         }
     }
 
@@ -316,47 +332,71 @@ pub fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: checker\r\n\r\n").into_bytes()
 }
 
-/// One case's verdict: Ok(what passed) or Err((message, cause)).
-type Case = std::result::Result<String, (String, String)>;
+/// Why a case failed: what was seen, and the likely cause with its id.
+pub struct Failed {
+    pub message: String,
+    pub id: &'static str,
+    pub cause: String,
+}
+
+fn failed(message: impl Into<String>, id: &'static str, cause: impl Into<String>) -> Failed {
+    Failed {
+        message: message.into(),
+        id,
+        cause: cause.into(),
+    }
+}
+
+/// One case's verdict: Ok(what passed) or the failure.
+type Case = std::result::Result<String, Failed>;
 
 /// After a response that should end the connection: EOF (or a reset)
 /// within 2 s, and not one byte more.
-fn closes_after(what: &str, conn: &mut HttpConn, cause: &str) -> Case {
+fn closes_after(what: &str, conn: &mut HttpConn, id: &'static str, cause: &str) -> Case {
     let tail = conn.tail(Duration::from_secs(2));
     if !tail.bytes.is_empty() {
-        return Err((
+        return Err(failed(
             format!(
                 "{what}: {} more bytes after the response: {:?}",
                 tail.bytes.len(),
                 excerpt(&tail.bytes)
             ),
-            "one request gets one response, whose body is exactly Content-Length bytes".into(),
+            "http.bytes-after-the-response",
+            "one request gets one response, whose body is exactly Content-Length bytes",
         ));
     }
     if tail.closed {
         Ok(format!("{what}: response, then EOF"))
     } else {
-        Err((
+        Err(failed(
             format!("{what}: the connection was still open 2 s after the response"),
-            cause.to_string(),
+            id,
+            cause,
         ))
     }
 }
 
 /// After the last response of a case on a connection that stays open:
 /// nothing more within `within`.
-fn nothing_more(what: &str, conn: &mut HttpConn, within: Duration, cause: &str) -> Case {
+fn nothing_more(
+    what: &str,
+    conn: &mut HttpConn,
+    within: Duration,
+    id: &'static str,
+    cause: &str,
+) -> Case {
     let tail = conn.tail(within);
     if tail.bytes.is_empty() {
         Ok(String::new())
     } else {
-        Err((
+        Err(failed(
             format!(
                 "{what}: {} bytes came after the last expected response: {:?}",
                 tail.bytes.len(),
                 excerpt(&tail.bytes)
             ),
-            cause.to_string(),
+            id,
+            cause,
         ))
     }
 }
@@ -364,16 +404,17 @@ fn nothing_more(what: &str, conn: &mut HttpConn, within: Duration, cause: &str) 
 /// A 405 that names exactly GET and HEAD in `Allow` (any order, any spacing).
 fn check_405(what: &str, r: &Response) -> Case {
     if r.status != 405 {
-        return Err((
+        return Err(failed(
             format!("{what}: status line {:?}, expected 405", r.status_line),
-            "this server serves GET and HEAD only: any other method is `405 Method Not Allowed`"
-                .into(),
+            "http.not-405",
+            "this server serves GET and HEAD only: any other method is `405 Method Not Allowed`",
         ));
     }
     let Some(allow) = r.header("allow") else {
-        return Err((
+        return Err(failed(
             format!("{what}: a 405 without an `Allow` header"),
-            "a 405 response must say which methods are served: `Allow: GET, HEAD`".into(),
+            "http.405-without-allow",
+            "a 405 response must say which methods are served: `Allow: GET, HEAD`",
         ));
     };
     let mut methods: Vec<&str> = allow
@@ -383,9 +424,10 @@ fn check_405(what: &str, r: &Response) -> Case {
         .collect();
     methods.sort_unstable();
     if methods != ["GET", "HEAD"] {
-        return Err((
+        return Err(failed(
             format!("{what}: `Allow: {allow}`, expected the methods GET and HEAD"),
-            "`Allow` lists the methods this server serves, GET and HEAD, no more".into(),
+            "http.405-without-allow",
+            "`Allow` lists the methods this server serves, GET and HEAD, no more",
         ));
     }
     Ok(format!("{what}: 405, Allow: {allow}"))
@@ -403,47 +445,67 @@ fn long_head(path: &str, total: usize, terminated: bool) -> Vec<u8> {
     head
 }
 
-fn missing(what: &str, m: Missing) -> (String, String) {
-    (format!("{what}: {}", m.describe()), m.cause().to_string())
+fn missing(what: &str, m: Missing) -> Failed {
+    failed(format!("{what}: {}", m.describe()), m.cause_id(), m.cause())
 }
 
 /// Checks a 200 response against the file it should carry.
 fn check_file(what: &str, r: &Response, body: &[u8], kind: &str, head_only: bool) -> Case {
     if r.status != 200 {
-        return Err((
+        return Err(failed(
             format!("{what}: status line {:?}, expected 200", r.status_line),
-            "a file that exists under --root is answered `HTTP/1.1 200 OK`".into(),
+            "http.file-not-served",
+            "a file that exists under --root is answered `HTTP/1.1 200 OK`",
         ));
     }
     let length = r.header("content-length").unwrap_or("");
     if length != body.len().to_string() {
-        return Err((
+        return Err(failed(
             format!(
                 "{what}: Content-Length {length}, the file has {} bytes",
                 body.len()
             ),
-            "Content-Length is the file's size in bytes (for HEAD too)".into(),
+            "http.wrong-content-length",
+            "Content-Length is the file's size in bytes (for HEAD too)",
         ));
     }
     let ctype = r.header("content-type").unwrap_or("(none)");
     if !ctype.starts_with(kind) {
-        return Err((
+        return Err(failed(
             format!("{what}: Content-Type {ctype:?}, expected {kind}"),
-            "pick Content-Type from the extension: .html text/html, .txt text/plain, .css text/css"
-                .into(),
+            "http.wrong-content-type",
+            "pick Content-Type from the extension: .html text/html, .txt text/plain, .css text/css",
         ));
     }
     if !head_only && r.body != body {
-        return Err((
+        return Err(failed(
             format!(
                 "{what}: the body differs from the file ({} bytes, starting {:?})",
                 r.body.len(),
                 excerpt(&r.body)
             ),
-            "send the file's bytes unchanged after the blank line".into(),
+            "http.wrong-body",
+            "send the file's bytes unchanged after the blank line",
         ));
     }
     Ok(format!("{what}: 200, Content-Length {length}, {ctype}"))
+}
+
+/// The cases, in order, each run only while every case before it passed:
+/// a server that fails one is not kept waiting through the others (a
+/// server that never answers would cost every case its whole timeout).
+struct Cases {
+    done: Vec<(String, Case)>,
+}
+
+impl Cases {
+    fn run(&mut self, what: impl Into<String>, case: impl FnOnce() -> Case) {
+        if self.done.iter().all(|(_, result)| result.is_ok()) {
+            let what = what.into();
+            let result = case();
+            self.done.push((what, result));
+        }
+    }
 }
 
 impl Http {
@@ -451,297 +513,395 @@ impl Http {
         let timeout = Duration::from_secs(self.timeout_secs);
         let open = |what: &str| {
             HttpConn::connect(addr, timeout).map_err(|e| {
-                (
+                failed(
                     format!("{what}: connect failed: {e}"),
-                    "the server stopped accepting connections".to_string(),
+                    "http.stopped-accepting",
+                    "the server stopped accepting connections",
+                )
+            })
+        };
+        let sent = |conn: &mut HttpConn, what: &str, bytes: &[u8]| {
+            conn.send(bytes).map_err(|e| {
+                failed(
+                    format!("{what}: send failed: {e}"),
+                    "http.reset",
+                    "the server reset the connection before the request was sent",
                 )
             })
         };
         let exchange = |what: &str,
                         request: &[u8],
                         head_only: bool|
-         -> std::result::Result<Response, (String, String)> {
+         -> std::result::Result<Response, Failed> {
             let mut conn = open(what)?;
-            conn.send(request).map_err(|e| {
-                (
-                    format!("{what}: send failed: {e}"),
-                    "the server reset the connection".to_string(),
-                )
-            })?;
+            sent(&mut conn, what, request)?;
             conn.response(head_only).map_err(|m| missing(what, m))
         };
-        let mut results = Vec::new();
+        let mut cases = Cases { done: Vec::new() };
 
         let what = "GET /index.html";
-        results.push((
-            what.to_string(),
+        cases.run(what, || {
             exchange(what, &get("/index.html"), false)
-                .and_then(|r| check_file(what, &r, &docs.index, "text/html", false)),
-        ));
+                .and_then(|r| check_file(what, &r, &docs.index, "text/html", false))
+        });
         let what = "GET /notes.txt";
-        results.push((
-            what.to_string(),
+        cases.run(what, || {
             exchange(what, &get("/notes.txt"), false)
-                .and_then(|r| check_file(what, &r, &docs.notes, "text/plain", false)),
-        ));
+                .and_then(|r| check_file(what, &r, &docs.notes, "text/plain", false))
+        });
 
         let what = "HEAD /index.html, then GET /style.css on the same connection";
-        results.push((what.to_string(), (|| {
+        cases.run(what, || {
             let mut conn = open(what)?;
-            let head = b"HEAD /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec();
-            conn.send(&head).map_err(|e| (format!("{what}: send failed: {e}"), "reset".to_string()))?;
+            sent(&mut conn, what, b"HEAD /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
             let r = conn.response(true).map_err(|m| missing("HEAD /index.html", m))?;
             check_file("HEAD /index.html", &r, &docs.index, "text/html", true)?;
-            conn.send(&get("/style.css")).map_err(|e| (format!("{what}: send failed: {e}"), "the server closed the connection after the HEAD response".to_string()))?;
+            conn.send(&get("/style.css")).map_err(|e| {
+                failed(
+                    format!("{what}: send failed: {e}"),
+                    "http.closed-before-response",
+                    "the server closed the connection after the HEAD response",
+                )
+            })?;
             let r = conn.response(false).map_err(|m| {
                 if matches!(m, Missing::ClosedBefore) {
                     return missing("GET /style.css after HEAD (the same connection)", m);
                 }
-                let (msg, _) = missing("GET /style.css after HEAD", m);
-                (msg, "a HEAD response has the headers of the GET (Content-Length included) but no body: bytes sent after its blank line are taken for the next response".to_string())
+                let lost = missing("GET /style.css after HEAD", m);
+                failed(lost.message, "http.head-with-body", "a HEAD response has the headers of the GET (Content-Length included) but no body: bytes sent after its blank line are taken for the next response")
             })?;
             check_file("GET /style.css after HEAD", &r, &docs.style, "text/css", false)
-        })()));
+        });
 
         let what = "GET /missing.html";
-        results.push((
-            what.to_string(),
+        cases.run(what, || {
             exchange(what, &get("/missing.html"), false).and_then(|r| {
                 if r.status == 404 {
                     Ok(format!("{what}: 404"))
                 } else {
-                    Err((
+                    Err(failed(
                         format!("{what}: status line {:?}, expected 404", r.status_line),
-                        "a file that does not exist is `404 Not Found`".to_string(),
+                        "http.missing-not-404",
+                        "a file that does not exist is `404 Not Found`",
                     ))
                 }
-            }),
-        ));
+            })
+        });
 
         let what = "a malformed request line `BOGUS`";
-        results.push((
-            what.to_string(),
+        cases.run(what, || {
             exchange(what, b"BOGUS\r\n\r\n", false).and_then(|r| {
                 if r.status == 400 {
                     Ok(format!("{what}: 400"))
                 } else {
-                    Err((
+                    Err(failed(
                         format!("{what}: status line {:?}, expected 400", r.status_line),
-                        "a request line that is not `METHOD TARGET HTTP/1.x` is `400 Bad Request`"
-                            .to_string(),
+                        "http.malformed-request-accepted",
+                        "a request line that is not `METHOD TARGET HTTP/1.x` is `400 Bad Request`",
                     ))
                 }
-            }),
-        ));
+            })
+        });
+
+        let what = "a request target without its leading `/` (`GET notes.txt HTTP/1.1`)";
+        cases.run(what, || {
+            exchange(
+                what,
+                b"GET notes.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                false,
+            )
+            .and_then(|r| {
+                if r.status == 400 || r.status == 404 {
+                    Ok(format!("{what}: {}", r.status))
+                } else {
+                    Err(failed(
+                        format!("{what}: status line {:?}, expected 400 (or 404)", r.status_line),
+                        "http.malformed-request-accepted",
+                        "a request target is a path beginning with `/` (`GET /notes.txt`): any other target is `400 Bad Request`, as is a version that is not HTTP/1.x",
+                    ))
+                }
+            })
+        });
 
         for target in ["/../secret.txt", "/notes.txt/../../secret.txt"] {
             let what = format!("GET {target} (secret.txt lies beside the root)");
-            results.push((what.clone(), exchange(&what, &get(target), false).and_then(|r| {
-                let leaked = r.body.windows(docs.secret.len()).any(|w| w == docs.secret.as_slice());
-                if leaked || !(r.status == 404 || r.status == 400) {
-                    Err((format!("{what}: status line {:?}{}", r.status_line, if leaked { ", and the body holds secret.txt" } else { "" }), "a `..` segment climbs out of the document root: answer 404 or 400 for any path with `..`".to_string()))
-                } else { Ok(format!("{what}: {}", r.status)) }
-            })));
+            cases.run(what.clone(), || {
+                exchange(&what, &get(target), false).and_then(|r| {
+                    let leaked = r
+                        .body
+                        .windows(docs.secret.len())
+                        .any(|w| w == docs.secret.as_slice());
+                    if leaked || !(r.status == 404 || r.status == 400) {
+                        Err(failed(
+                            format!(
+                                "{what}: status line {:?}{}",
+                                r.status_line,
+                                if leaked {
+                                    ", and the body holds secret.txt"
+                                } else {
+                                    ""
+                                }
+                            ),
+                            "http.path-leaves-the-root",
+                            "a `..` segment climbs out of the document root: answer 404 or 400 for any path with `..`",
+                        ))
+                    } else {
+                        Ok(format!("{what}: {}", r.status))
+                    }
+                })
+            });
         }
 
-        let what = "5 GET requests one after another on one keep-alive connection";
-        results.push((
-            what.to_string(),
-            (|| {
-                let mut conn = open(what)?;
-                for i in 1..=5 {
-                    conn.send(&get("/index.html")).map_err(|e| {
-                        (
-                            format!("{what}: request {i}: send failed: {e}"),
-                            Missing::ClosedBefore.cause().to_string(),
-                        )
-                    })?;
-                    let r = conn
-                        .response(false)
-                        .map_err(|m| missing(&format!("keep-alive request {i} of 5"), m))?;
-                    check_file(
-                        &format!("keep-alive request {i} of 5"),
-                        &r,
-                        &docs.index,
-                        "text/html",
-                        false,
-                    )?;
+        let what = "GET /./notes.txt (a `.` segment)";
+        cases.run(what, || {
+            exchange(what, &get("/./notes.txt"), false).and_then(|r| {
+                // A redirect to the clean path is a correct answer too.
+                if (300..400).contains(&r.status) && r.header("location").is_some() {
+                    return Ok(format!("{what}: {} to {}", r.status, r.header("location").unwrap_or("")));
                 }
-                Ok(format!("{what}: 5 responses"))
-            })(),
-        ));
+                if r.status != 200 {
+                    return Err(failed(
+                        format!("{what}: status line {:?}, expected 200 with notes.txt", r.status_line),
+                        "http.dot-segment-refused",
+                        "a `.` segment names the directory it is in: `/./notes.txt` is `/notes.txt` (only `..` climbs, and only `..` is refused)",
+                    ));
+                }
+                check_file(what, &r, &docs.notes, "text/plain", false)
+            })
+        });
+
+        let what = "5 GET requests one after another on one keep-alive connection";
+        cases.run(what, || {
+            let mut conn = open(what)?;
+            for i in 1..=5 {
+                conn.send(&get("/index.html")).map_err(|e| {
+                    failed(
+                        format!("{what}: request {i}: send failed: {e}"),
+                        Missing::ClosedBefore.cause_id(),
+                        Missing::ClosedBefore.cause(),
+                    )
+                })?;
+                let label = format!("keep-alive request {i} of 5");
+                let r = conn.response(false).map_err(|m| missing(&label, m))?;
+                check_file(&label, &r, &docs.index, "text/html", false)?;
+            }
+            Ok(format!("{what}: 5 responses"))
+        });
 
         let what = "GET with `Connection: close`";
-        results.push((what.to_string(), (|| {
+        cases.run(what, || {
             let mut conn = open(what)?;
-            conn.send(b"GET /notes.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(|e| (format!("{what}: send failed: {e}"), "reset".to_string()))?;
+            sent(
+                &mut conn,
+                what,
+                b"GET /notes.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            )?;
             let r = conn.response(false).map_err(|m| missing(what, m))?;
             check_file(what, &r, &docs.notes, "text/plain", false)?;
-            closes_after(what, &mut conn, "after a request with `Connection: close`, close the connection once the response is written")
-        })()));
+            closes_after(
+                what,
+                &mut conn,
+                "http.not-closed-after-close",
+                "after a request with `Connection: close`, close the connection once the response is written",
+            )
+        });
 
         let what = "GET /index.html sent one byte per write";
-        results.push((
-            what.to_string(),
-            (|| {
-                let mut conn = open(what)?;
-                for byte in get("/index.html") {
-                    conn.send(&[byte]).map_err(|e| {
-                        (
-                            format!("{what}: send failed: {e}"),
-                            "the server closed a connection whose request was incomplete"
-                                .to_string(),
-                        )
-                    })?;
-                    std::thread::sleep(Duration::from_millis(self.byte_pause_ms));
-                }
-                let r = conn.response(false).map_err(|m| missing(what, m))?;
-                check_file(what, &r, &docs.index, "text/html", false)
-            })(),
-        ));
+        cases.run(what, || {
+            let mut conn = open(what)?;
+            for byte in get("/index.html") {
+                conn.send(&[byte]).map_err(|e| {
+                    failed(
+                        format!("{what}: send failed: {e}"),
+                        "http.split-request-refused",
+                        "the server closed a connection whose request was incomplete",
+                    )
+                })?;
+                std::thread::sleep(Duration::from_millis(self.byte_pause_ms));
+            }
+            let r = conn.response(false).map_err(|m| missing(what, m))?;
+            check_file(what, &r, &docs.index, "text/html", false)
+        });
 
         let what = "3 pipelined requests in one write (index.html, notes.txt, style.css)";
-        results.push((what.to_string(), (|| {
+        cases.run(what, || {
             let mut conn = open(what)?;
             let mut batch = get("/index.html");
             batch.extend(get("/notes.txt"));
             batch.extend(get("/style.css"));
-            conn.send(&batch).map_err(|e| (format!("{what}: send failed: {e}"), "reset".to_string()))?;
-            let expected: [(&str, &[u8], &str); 3] = [("index.html", &docs.index, "text/html"), ("notes.txt", &docs.notes, "text/plain"), ("style.css", &docs.style, "text/css")];
+            sent(&mut conn, what, &batch)?;
+            let expected: [(&str, &[u8], &str); 3] = [
+                ("index.html", &docs.index, "text/html"),
+                ("notes.txt", &docs.notes, "text/plain"),
+                ("style.css", &docs.style, "text/css"),
+            ];
             for (i, (name, body, kind)) in expected.iter().enumerate() {
                 let label = format!("pipelined response {} of 3 ({name})", i + 1);
                 let r = conn.response(false).map_err(|m| {
-                    let (msg, cause) = missing(&label, m);
-                    (msg, format!("{cause}; one read may hold several requests: answer each, in order, before waiting again"))
+                    let lost = missing(&label, m);
+                    failed(lost.message, "http.pipelined-unanswered", format!("{}; one read may hold several requests: answer each, in order, before waiting again", lost.cause))
                 })?;
                 check_file(&label, &r, body, kind, false)?;
             }
             Ok(format!("{what}: 3 responses in order"))
-        })()));
-
-        let sent = |conn: &mut HttpConn, what: &str, bytes: &[u8]| {
-            conn.send(bytes).map_err(|e| {
-                (
-                    format!("{what}: send failed: {e}"),
-                    "the server reset the connection".to_string(),
-                )
-            })
-        };
+        });
 
         let what = "DELETE /notes.txt";
-        results.push((
-            what.to_string(),
+        cases.run(what, || {
             exchange(
                 what,
                 b"DELETE /notes.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
                 false,
             )
-            .and_then(|r| check_405(what, &r)),
-        ));
+            .and_then(|r| check_405(what, &r))
+        });
 
         let what = "GET /notes.txt HTTP/1.0, without `Connection: keep-alive`";
-        results.push((
-            what.to_string(),
-            (|| {
-                let mut conn = open(what)?;
-                sent(&mut conn, what, b"GET /notes.txt HTTP/1.0\r\n\r\n")?;
-                let r = conn.response(false).map_err(|m| missing(what, m))?;
-                check_file(what, &r, &docs.notes, "text/plain", false)?;
-                closes_after(what, &mut conn, "HTTP/1.0 closes the connection after each response unless the request says `Connection: keep-alive`: look at the request line's version too")
-            })(),
-        ));
+        cases.run(what, || {
+            let mut conn = open(what)?;
+            sent(&mut conn, what, b"GET /notes.txt HTTP/1.0\r\n\r\n")?;
+            let r = conn.response(false).map_err(|m| missing(what, m))?;
+            check_file(what, &r, &docs.notes, "text/plain", false)?;
+            closes_after(
+                what,
+                &mut conn,
+                "http.http10-kept-open",
+                "HTTP/1.0 closes the connection after each response unless the request says `Connection: keep-alive`: look at the request line's version too",
+            )
+        });
 
         let what = "HEAD /missing.html, then GET /style.css on the same connection";
-        results.push((what.to_string(), (|| {
+        cases.run(what, || {
             let mut conn = open(what)?;
             sent(&mut conn, what, b"HEAD /missing.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
             let r = conn.response(true).map_err(|m| missing("HEAD /missing.html", m))?;
             if r.status != 404 {
-                return Err((format!("HEAD /missing.html: status line {:?}, expected 404", r.status_line), "a file that does not exist is `404 Not Found`, for HEAD as for GET".to_string()));
+                return Err(failed(
+                    format!("HEAD /missing.html: status line {:?}, expected 404", r.status_line),
+                    "http.missing-not-404",
+                    "a file that does not exist is `404 Not Found`, for HEAD as for GET",
+                ));
             }
             let no_body = "the answer to HEAD is a head only, whatever its status: the 404's Content-Length tells the size of the body a GET would get, and no body follows";
-            let closing = r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            let closing = r
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
             let tail = conn.tail(Duration::from_millis(300));
             if !tail.bytes.is_empty() {
-                return Err((format!("HEAD /missing.html: {} bytes followed the 404's head: {:?}", tail.bytes.len(), excerpt(&tail.bytes)), no_body.to_string()));
+                return Err(failed(
+                    format!(
+                        "HEAD /missing.html: {} bytes followed the 404's head: {:?}",
+                        tail.bytes.len(),
+                        excerpt(&tail.bytes)
+                    ),
+                    "http.head-with-body",
+                    no_body,
+                ));
             }
             if closing || tail.closed {
                 return Ok(format!("{what}: 404 head, no body, then the server closed"));
             }
             sent(&mut conn, what, &get("/style.css"))?;
             let r = conn.response(false).map_err(|m| {
-                let (msg, cause) = missing("GET /style.css after HEAD /missing.html", m);
-                (msg, format!("{cause}; {no_body}"))
+                let lost = missing("GET /style.css after HEAD /missing.html", m);
+                failed(lost.message, "http.head-with-body", format!("{}; {no_body}", lost.cause))
             })?;
-            check_file("GET /style.css after HEAD /missing.html", &r, &docs.style, "text/css", false)?;
+            check_file(
+                "GET /style.css after HEAD /missing.html",
+                &r,
+                &docs.style,
+                "text/css",
+                false,
+            )?;
             Ok(format!("{what}: 404 head, no body; the GET answered"))
-        })()));
+        });
 
         let what = "GET with `connection: close` (the header name in lower case)";
-        results.push((
-            what.to_string(),
-            (|| {
-                let mut conn = open(what)?;
-                sent(
-                    &mut conn,
-                    what,
-                    b"GET /notes.txt HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
-                )?;
-                let r = conn.response(false).map_err(|m| missing(what, m))?;
-                check_file(what, &r, &docs.notes, "text/plain", false)?;
-                closes_after(what, &mut conn, "header names are case-insensitive: `connection: close` is `Connection: close` (compare names with eq_ignore_ascii_case)")
-            })(),
-        ));
+        cases.run(what, || {
+            let mut conn = open(what)?;
+            sent(
+                &mut conn,
+                what,
+                b"GET /notes.txt HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
+            )?;
+            let r = conn.response(false).map_err(|m| missing(what, m))?;
+            check_file(what, &r, &docs.notes, "text/plain", false)?;
+            closes_after(
+                what,
+                &mut conn,
+                "http.connection-header-case",
+                "header names are case-insensitive: `connection: close` is `Connection: close` (compare names with eq_ignore_ascii_case)",
+            )
+        });
 
         let limit = self.max_head_bytes;
-        let under = limit.saturating_sub(192).max(64);
-        let what = format!("a request head of {under} bytes (the limit is {limit})");
-        results.push((
-            what.clone(),
-            exchange(&what, &long_head("/notes.txt", under, true), false).and_then(|r| {
+        let what = format!("a request head of exactly {limit} bytes (the limit)");
+        cases.run(what.clone(), || {
+            exchange(&what, &long_head("/notes.txt", limit, true), false).and_then(|r| {
                 if r.status == 400 {
-                    return Err((format!("{what}: status line {:?}, expected 200", r.status_line), format!("a request head of up to {limit} bytes is served: the limit on a head is {limit} bytes, request line, headers and the blank line together")));
+                    return Err(failed(
+                        format!("{what}: status line {:?}, expected 200", r.status_line),
+                        "http.head-limit-too-small",
+                        format!("a request head of up to {limit} bytes is served: the limit on a head is {limit} bytes, request line, headers and the blank line together"),
+                    ));
                 }
                 check_file(&what, &r, &docs.notes, "text/plain", false)
-            }),
-        ));
+            })
+        });
 
-        let over = limit + 1024;
+        let over = limit + 1;
         let too_long = format!("a request head longer than {limit} bytes is answered `400 Bad Request` and the connection closed");
         let what = format!("a whole request head of {over} bytes (the limit is {limit})");
-        results.push((what.clone(), (|| {
+        cases.run(what.clone(), || {
             let mut conn = open(&what)?;
             sent(&mut conn, &what, &long_head("/notes.txt", over, true))?;
             let r = conn.response(false).map_err(|m| {
-                let closed = matches!(m, Missing::ClosedBefore);
-                let (msg, cause) = missing(&what, m);
-                (msg, if closed { format!("{too_long}: answer 400 before closing") } else { cause })
+                if matches!(m, Missing::ClosedBefore) {
+                    let lost = missing(&what, m);
+                    return failed(lost.message, "http.closed-without-400", format!("{too_long}: answer 400 before closing"));
+                }
+                missing(&what, m)
             })?;
             if r.status != 400 {
-                return Err((format!("{what}: status line {:?}, expected 400", r.status_line), format!("{too_long}; the limit holds for a head that did end, too: check where it ends")));
+                return Err(failed(
+                    format!("{what}: status line {:?}, expected 400", r.status_line),
+                    "http.no-head-limit",
+                    format!("{too_long}; the limit holds for a head that did end, too: check where it ends"),
+                ));
             }
-            closes_after(&what, &mut conn, &too_long).map(|_| format!("{what}: 400, then EOF"))
-        })()));
+            closes_after(&what, &mut conn, "http.not-closed-after-400", &too_long)
+                .map(|_| format!("{what}: 400, then EOF"))
+        });
 
         let endless = 2 * limit;
         let what = format!("a request head that never ends ({endless} bytes sent)");
-        results.push((what.clone(), (|| {
+        cases.run(what.clone(), || {
             let mut conn = open(&what)?;
             sent(&mut conn, &what, &long_head("/notes.txt", endless, false))?;
             let r = conn.response(false).map_err(|m| {
-                let (timed_out, closed) = (matches!(m, Missing::Timeout(_)), matches!(m, Missing::ClosedBefore));
-                let (msg, cause) = missing(&what, m);
-                (msg, match () {
-                    _ if timed_out => format!("{too_long}, without waiting for its end: once {limit} bytes hold no blank line, the head is too long (else one client grows the buffer without bound)"),
-                    _ if closed => format!("{too_long}: answer 400 before closing"),
-                    _ => cause,
-                })
+                let (timed_out, closed) = (
+                    matches!(m, Missing::Timeout(_)),
+                    matches!(m, Missing::ClosedBefore),
+                );
+                let lost = missing(&what, m);
+                if timed_out {
+                    failed(lost.message, "http.head-limit-waits-for-the-end", format!("{too_long}, without waiting for its end: once {limit} bytes hold no blank line, the head is too long (else one client grows the buffer without bound)"))
+                } else if closed {
+                    failed(lost.message, "http.closed-without-400", format!("{too_long}: answer 400 before closing"))
+                } else {
+                    lost
+                }
             })?;
             if r.status != 400 {
-                return Err((format!("{what}: status line {:?}, expected 400", r.status_line), too_long.clone()));
+                return Err(failed(
+                    format!("{what}: status line {:?}, expected 400", r.status_line),
+                    "http.no-head-limit",
+                    too_long.clone(),
+                ));
             }
-            closes_after(&what, &mut conn, &too_long).map(|_| format!("{what}: 400, then EOF"))
-        })()));
+            closes_after(&what, &mut conn, "http.not-closed-after-400", &too_long)
+                .map(|_| format!("{what}: 400, then EOF"))
+        });
 
         let smuggled = get("/notes.txt");
         let what = format!(
@@ -749,7 +909,7 @@ impl Http {
             smuggled.len()
         );
         let dropped = "a request's body (Content-Length bytes after its head, whatever the method) is dropped: it is never read as the next request";
-        results.push((what.clone(), (|| {
+        cases.run(what.clone(), || {
             let mut conn = open(&what)?;
             let mut batch = format!("POST /notes.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", smuggled.len()).into_bytes();
             batch.extend_from_slice(&smuggled);
@@ -759,17 +919,28 @@ impl Http {
             check_405("POST /notes.txt", &r)?;
             let r = conn.response(false).map_err(|m| {
                 let closed = matches!(m, Missing::ClosedBefore);
-                let (msg, cause) = missing("GET /style.css after the POST", m);
-                (msg, if closed { format!("a 405 keeps the connection (unless the request said `Connection: close`): {dropped}") } else { cause })
+                let lost = missing("GET /style.css after the POST", m);
+                if closed {
+                    failed(lost.message, "http.closed-after-405", format!("a 405 keeps the connection (unless the request said `Connection: close`): {dropped}"))
+                } else {
+                    lost
+                }
             })?;
             if r.status == 200 && r.body == docs.notes {
-                return Err(("GET /style.css after the POST: the second response carries notes.txt: the POST's body was answered as a request".to_string(), dropped.to_string()));
+                return Err(failed(
+                    "GET /style.css after the POST: the second response carries notes.txt: the POST's body was answered as a request",
+                    "http.body-parsed-as-request",
+                    dropped,
+                ));
             }
             check_file("GET /style.css after the POST", &r, &docs.style, "text/css", false)
-                .map_err(|(msg, cause)| (format!("{msg} (the bytes after the POST's head were its body, then this GET)"), cause))?;
-            nothing_more(&what, &mut conn, Duration::from_millis(300), dropped)?;
+                .map_err(|f| Failed {
+                    message: format!("{} (the bytes after the POST's head were its body, then this GET)", f.message),
+                    ..f
+                })?;
+            nothing_more(&what, &mut conn, Duration::from_millis(300), "http.body-parsed-as-request", dropped)?;
             Ok(format!("{what}: 405 with Allow, then style.css, nothing else"))
-        })()));
+        });
 
         let body = get("/style.css");
         let split = body.len() / 3;
@@ -778,7 +949,7 @@ impl Http {
             body.len()
         );
         let later = "a body may arrive over several reads: drop what has come, and remember how much is still to come";
-        results.push((what.clone(), (|| {
+        cases.run(what.clone(), || {
             let mut conn = open(&what)?;
             let mut first = format!("GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
             first.extend_from_slice(&body[..split]);
@@ -787,26 +958,79 @@ impl Http {
             let mut second = body[split..].to_vec();
             second.extend(get("/notes.txt"));
             sent(&mut conn, &what, &second)?;
-            let r = conn.response(false).map_err(|m| missing("GET /index.html with a body", m))?;
+            let r = conn
+                .response(false)
+                .map_err(|m| missing("GET /index.html with a body", m))?;
             check_file("GET /index.html with a body", &r, &docs.index, "text/html", false)?;
+            let rest = body.len() - split;
             let r = conn.response(false).map_err(|m| {
                 let closed = matches!(m, Missing::ClosedBefore);
-                let (msg, cause) = missing("GET /notes.txt after the body", m);
-                (format!("{msg} (the body's last {} bytes came in a second write, with this GET)", body.len() - split), if closed { later.to_string() } else { cause })
+                let lost = missing("GET /notes.txt after the body", m);
+                let message = format!("{} (the body's last {rest} bytes came in a second write, with this GET)", lost.message);
+                if closed {
+                    failed(message, "http.body-split-lost", later)
+                } else {
+                    Failed { message, ..lost }
+                }
             })?;
             if r.status != 200 || r.body != docs.notes {
-                return Err((format!("GET /notes.txt after the body: status line {:?} with {} body bytes, expected notes.txt (the body's last {} bytes came in a second write, right before this GET)", r.status_line, r.body.len(), body.len() - split), later.to_string()));
+                return Err(failed(
+                    format!("GET /notes.txt after the body: status line {:?} with {} body bytes, expected notes.txt (the body's last {rest} bytes came in a second write, right before this GET)", r.status_line, r.body.len()),
+                    "http.body-split-lost",
+                    later,
+                ));
             }
-            nothing_more(&what, &mut conn, Duration::from_millis(300), later)?;
+            nothing_more(&what, &mut conn, Duration::from_millis(300), "http.body-split-lost", later)?;
             Ok(format!("{what}: index.html, then notes.txt, nothing else"))
-        })()));
-        results
+        });
+
+        let unframed = "a request whose Content-Length is not one number cannot be framed (where does its body end?): answer `400 Bad Request` and close the connection (RFC 9112, section 6.3)";
+        let what = "GET /notes.txt with `Content-Length: twelve`";
+        cases.run(what, || {
+            let mut conn = open(what)?;
+            sent(
+                &mut conn,
+                what,
+                b"GET /notes.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: twelve\r\n\r\n",
+            )?;
+            let r = conn.response(false).map_err(|m| missing(what, m))?;
+            if r.status != 400 {
+                return Err(failed(
+                    format!("{what}: status line {:?}, expected 400", r.status_line),
+                    "http.bad-content-length-accepted",
+                    unframed,
+                ));
+            }
+            closes_after(what, &mut conn, "http.not-closed-after-400", unframed)
+                .map(|_| format!("{what}: 400, then EOF"))
+        });
+
+        let what = "GET /notes.txt with two Content-Length headers that disagree (4 and 6, then 6 body bytes)";
+        cases.run(what, || {
+            let mut conn = open(what)?;
+            sent(
+                &mut conn,
+                what,
+                b"GET /notes.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nContent-Length: 6\r\n\r\nabcdef",
+            )?;
+            let r = conn.response(false).map_err(|m| missing(what, m))?;
+            if r.status != 400 {
+                return Err(failed(
+                    format!("{what}: status line {:?}, expected 400", r.status_line),
+                    "http.bad-content-length-accepted",
+                    format!("{unframed}; two Content-Length headers with different values are not one number: which one frames the request is anyone's guess (request smuggling lives there)"),
+                ));
+            }
+            closes_after(what, &mut conn, "http.not-closed-after-400", unframed)
+                .map(|_| format!("{what}: 400, then EOF"))
+        });
+        cases.done
     }
 }
 
 impl Check for Http {
     fn summary(&self) -> String {
-        format!("HTTP/1.1: GET, HEAD, 404, 400, 405, `..`, keep-alive, Connection: close, HTTP/1.0, a head limit of {} bytes, request bodies, split and pipelined requests, against a temporary --root", self.max_head_bytes)
+        format!("HTTP/1.1: GET, HEAD, 404, 400, 405, `..`, keep-alive, Connection: close, HTTP/1.0, a head limit of {} bytes, request bodies and their Content-Length, split and pipelined requests, against a temporary --root", self.max_head_bytes)
     }
 
     fn run(&self, ctx: &mut Ctx) -> Result<StepOutcome> {
@@ -824,11 +1048,13 @@ impl Check for Http {
         for (what, result) in results {
             match result {
                 Ok(line) => ctx.log.detail(format!("ok: {line}")),
-                Err((message, cause)) => {
-                    return Ok(StepOutcome::fail(message).cause(cause).evidence(
-                        std::iter::once(format!("case: {what}"))
-                            .chain(Ctx::server_evidence(&mut server)),
-                    ))
+                Err(f) => {
+                    return Ok(StepOutcome::fail(f.message)
+                        .cause_as(f.id, f.cause)
+                        .evidence(
+                            std::iter::once(format!("case: {what}"))
+                                .chain(Ctx::server_evidence(&mut server)),
+                        ))
                 }
             }
         }
@@ -840,7 +1066,7 @@ impl Check for Http {
         Ok(StepOutcome::pass(format!("{total} HTTP cases answered correctly"))
             .figure("http_cases", total)
             .proof_line(format!(
-                "http: {total} cases: GET and HEAD with Content-Length and Content-Type, 404 (HEAD without a body), 400, 405 with Allow, `..` refused, keep-alive, Connection: close in any case, HTTP/1.0 closes, heads over {} bytes refused, bodies dropped, split and pipelined requests",
+                "http: {total} cases: GET and HEAD with Content-Length and Content-Type, 404 (HEAD without a body), 400, 405 with Allow, `..` refused, keep-alive, Connection: close in any case, HTTP/1.0 closes, heads over {} bytes refused, bodies dropped, a Content-Length that is not one number refused, split and pipelined requests",
                 self.max_head_bytes
             )))
     }

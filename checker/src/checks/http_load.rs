@@ -260,7 +260,7 @@ impl Check for HttpLoad {
                 "availability {availability:.2} % ({} of {transactions} transactions failed), 100 % required",
                 t.failed
             )))
-            .cause("under load every request must get a whole, correct response: keep each connection open between requests and answer requests that arrive while others are still being written")
+            .cause_as("http_load.failed-transactions", "under load every request must get a whole, correct response: keep each connection open between requests and answer requests that arrive while others are still being written")
             .evidence(t.failures.iter().cloned().chain(report.clone()).chain(Ctx::server_evidence(&mut server))));
         }
         if fds_after > fds_before + self.fd_tolerance {
@@ -268,7 +268,7 @@ impl Check for HttpLoad {
                 "open fds: {fds_before} before the load, {fds_after} after every client closed (tolerance {})",
                 self.fd_tolerance
             )))
-            .cause("a connection's socket (or an opened file) is not closed: close the connection when the client closes, and drop files once read")
+            .cause_as("http_load.fds-leaked", "a connection's socket (or an opened file) is not closed: close the connection when the client closes, and drop files once read")
             .evidence(report.clone()));
         }
         if rss_after > rss_before + self.rss_growth_kib {
@@ -276,7 +276,7 @@ impl Check for HttpLoad {
                 "server RSS grew from {rss_before} KiB to {rss_after} KiB over the load (tolerance {} KiB)",
                 self.rss_growth_kib
             )))
-            .cause("memory kept per request: drop each request's bytes once answered and each connection's buffers when it closes")
+            .cause_as("http_load.rss-grew", "memory kept per request: drop each request's bytes once answered and each connection's buffers when it closes")
             .evidence(report.clone()));
         }
         Ok(with_report(StepOutcome::pass(format!(

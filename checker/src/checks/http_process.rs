@@ -119,9 +119,9 @@ fn open_served(
     Ok(held)
 }
 
-fn not_served(message: String, server: &mut Server) -> StepOutcome {
+fn not_served(id: &str, message: String, server: &mut Server) -> StepOutcome {
     StepOutcome::fail(message)
-        .cause("every GET of a file under --root is answered 200 with the file, and the connection stays open (keep-alive)")
+        .cause_as(id, "every GET of a file under --root is answered 200 with the file, and the connection stays open (keep-alive)")
         .evidence(Ctx::server_evidence(server))
 }
 
@@ -147,7 +147,7 @@ impl Check for HttpProcess {
         };
         let held = match open_served(server.addr, self.idle_connections, &docs) {
             Ok(held) => held,
-            Err(message) => return Ok(not_served(message, &mut server)),
+            Err(message) => return Ok(not_served("http_process.not-served", message, &mut server)),
         };
         // Let a thread or child started per connection come into being.
         std::thread::sleep(Duration::from_millis(300));
@@ -233,15 +233,30 @@ impl Check for HttpProcess {
             load: &busy,
             unit: "request",
         };
-        if let Some(failed) = watch::thread_verdict(&watch, &setting, &mut server) {
+        if let Some(mut failed) = watch::thread_verdict(&watch, &setting, &mut server) {
+            // The verdict's order: threads while idle, under the load, then
+            // child processes.
+            let id = if watch.idle_max > self.threads {
+                "http_process.thread-per-connection"
+            } else if watch.load_max > self.threads {
+                "http_process.thread-per-request"
+            } else {
+                "http_process.child-processes"
+            };
+            failed.cause_id = Some(id.to_string());
             return Ok(failed);
         }
         let failure = load.failure.lock().ok().and_then(|f| f.clone());
         if let Some(why) = failure {
-            return Ok(not_served(format!("during the load: {why}"), &mut server));
+            return Ok(not_served(
+                "http_process.not-served",
+                format!("during the load: {why}"),
+                &mut server,
+            ));
         }
         if answered == 0 {
             return Ok(not_served(
+                "http_process.not-served",
                 format!(
                     "no request of the {} load clients was answered",
                     self.clients
@@ -283,7 +298,9 @@ impl Check for HttpIdleCpu {
         };
         let mut held = match open_served(server.addr, self.connections, &docs) {
             Ok(held) => held,
-            Err(message) => return Ok(not_served(message, &mut server)),
+            Err(message) => {
+                return Ok(not_served("http_idle_cpu.not-served", message, &mut server))
+            }
         };
         // One more connection stops in the middle of its request head.
         match HttpConn::connect(server.addr, Duration::from_secs(3)) {
@@ -294,6 +311,7 @@ impl Check for HttpIdleCpu {
             }
             Err(e) => {
                 return Ok(not_served(
+                    "http_idle_cpu.not-served",
                     format!("the half-sent request's connection: connect failed: {e}"),
                     &mut server,
                 ))
@@ -315,7 +333,8 @@ impl Check for HttpIdleCpu {
             cpu.used_ms(),
             cpu.elapsed.as_millis()
         ));
-        if let Some(failed) = watch::idle_verdict(&cpu, self.max_cpu_ms, &idle, &mut server) {
+        if let Some(mut failed) = watch::idle_verdict(&cpu, self.max_cpu_ms, &idle, &mut server) {
+            failed.cause_id = Some("http_idle_cpu.spins".to_string());
             return Ok(failed);
         }
         drop(held);
