@@ -107,8 +107,9 @@ fn last_line(text: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The fixture servers, built once per run (release, the root package's
-/// binaries); their directory.
+/// The fixture servers, built once per run with the running checker's own
+/// profile and target directory (in CI, `cargo build --workspace` has built
+/// them already, so this is quick); their directory.
 fn fixtures(course: &Course) -> Result<PathBuf> {
     static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BUILT
@@ -118,27 +119,34 @@ fn fixtures(course: &Course) -> Result<PathBuf> {
 }
 
 fn build_fixtures(course: &Course) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the checker binary")?;
+    let bin_dir = exe
+        .parent()
+        .context("the checker binary's directory")?
+        .to_path_buf();
+    let release = bin_dir.file_name().is_some_and(|n| n == "release");
+    let target_dir = bin_dir
+        .parent()
+        .context("the checker's target directory")?
+        .to_path_buf();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    command
         .current_dir(&course.root)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "epoll-course",
-            "--bins",
-        ])
+        .args(["build", "--quiet", "-p", "epoll-course", "--bins"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    if release {
+        command.arg("--release");
+    }
+    let output = command
         .output()
         .context("running cargo to build the fixture servers")?;
     if !output.status.success() {
         bail!(
-            "building the fixture servers (cargo build --release -p epoll-course --bins) failed:\n{}",
+            "building the fixture servers (cargo build -p epoll-course --bins) failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| course.root.join("target"));
-    Ok(target.join("release"))
+    Ok(bin_dir)
 }
