@@ -22,9 +22,9 @@
 
 // TODO: the stub gives you the reference w03-l22 server with its frames
 // taken out: the epoll loop, accepting, the signalfd and the graceful
-// shutdown, `Conn::read_all`, `Conn::flush`, `Conn::queue` and the HTTP
-// helpers that write a response (`content_type`, `response_head`,
-// `error_response`) are given. Four functions make it speak HTTP, each
+// shutdown, `Conn::read_all`, `Conn::flush`, `Conn::queue`, `Conn::finish`
+// and the HTTP helpers that write a response (`content_type`,
+// `response_head`, `error_response`) are given. Four functions make it speak HTTP, each
 // with its contract in its doc comment: `Conn::next_request` (where one
 // request ends), `respond` (the answer to one request head), `resolve`
 // (the file a target names, never outside the root) and `serve` (reading,
