@@ -58,6 +58,32 @@ enum Bug {
     EatMemory,
     /// Serves correctly while a second thread spins at 100% CPU.
     Spin,
+    // w01-l01's mistakes: a byte echo serving one client at a time (the
+    // lesson's server), each with one thing wrong.
+    /// Takes `Ok(0)` for "nothing yet" and reads again: it spins on the
+    /// closed connection and never accepts the next client.
+    SpinOnEof,
+    /// Writes back the whole buffer after each read, not the bytes read.
+    EchoWholeBuffer,
+    /// One `write` per read, its count ignored: a short write loses the
+    /// rest of the buffer.
+    WriteIgnoresCount,
+    /// Unwraps the result of serving a client in the accept loop: the
+    /// first client that resets its connection panics the server.
+    PanicOnClientError,
+}
+
+impl Bug {
+    /// The bugs of w01-l01's one-client-at-a-time byte echo.
+    fn one_at_a_time(self) -> bool {
+        matches!(
+            self,
+            Bug::SpinOnEof
+                | Bug::EchoWholeBuffer
+                | Bug::WriteIgnoresCount
+                | Bug::PanicOnClientError
+        )
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -89,6 +115,9 @@ fn main() -> io::Result<()> {
     start_side_effects(args.bug)?;
     if args.bug == Bug::BindNoAccept {
         park_forever();
+    }
+    if args.bug.one_at_a_time() {
+        serve_one_at_a_time(&listener, args.bug);
     }
     let frames_served = Arc::new(AtomicUsize::new(0));
     let mut held = Vec::new();
@@ -168,6 +197,50 @@ fn start_side_effects(bug: Bug) -> io::Result<()> {
         _ => {}
     }
     Ok(())
+}
+
+/// w01-l01's server: accepts one client, echoes its bytes until it closes,
+/// then the next; with `bug`'s mistake.
+fn serve_one_at_a_time(listener: &TcpListener, bug: Bug) -> ! {
+    loop {
+        let mut stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                eprintln!("accept failed: {err}");
+                continue;
+            }
+        };
+        let served = echo_bytes(&mut stream, bug);
+        if bug == Bug::PanicOnClientError {
+            served.expect("serving a client failed");
+        } else if let Err(err) = served {
+            eprintln!("client error: {err}");
+        }
+    }
+}
+
+/// Echoes one client's bytes until it closes (w01-l01's `echo_client`),
+/// with `bug`'s mistake.
+fn echo_bytes(stream: &mut TcpStream, bug: Bug) -> io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) if bug == Bug::SpinOnEof => continue,
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        match bug {
+            Bug::EchoWholeBuffer => stream.write_all(&buf)?,
+            Bug::WriteIgnoresCount => {
+                // The planted bug: the count a short write returns is dropped.
+                #[allow(clippy::unused_io_amount)]
+                stream.write(&buf[..n])?;
+            }
+            _ => stream.write_all(&buf[..n])?,
+        }
+    }
 }
 
 /// Echoes frames (or, for the raw bugs, bytes) until the client closes.

@@ -16,7 +16,7 @@ const FIXTURE: &str = "broken_server";
 /// matter of timing); `flood-output`, `ignore-sigterm`, `fork-keeps-port`
 /// and `spin` pass.
 #[rustfmt::skip]
-const PLANTED: &[Planted] = &[
+pub(crate) const PLANTED: &[Planted] = &[
     ("never-listen", "w02-l16", "start", None),
     ("exit-after-first-client", "w01-l01", "start", Some("start.exits-after-a-client")),
     ("crash-mid-run", "w02-l16", "stress", None),
@@ -29,6 +29,11 @@ const PLANTED: &[Planted] = &[
     ("bind-no-accept", "w01-l01", "echo", Some("echo.never-accepted")),
     ("accept-no-read", "w01-l01", "echo", Some("echo.no-echo")),
     ("exit-at-once", "w01-l01", "start", None),
+    // w01-l01's mistakes (tests in first_lesson.rs).
+    ("spin-on-eof", "w01-l01", "echo", Some("echo.stuck-on-closed-client")),
+    ("echo-whole-buffer", "w01-l01", "echo", Some("echo.wrong-bytes")),
+    ("write-ignores-count", "w01-l01", "echo", Some("echo.short-write")),
+    ("panic-on-client-error", "w01-l01", "echo", Some("echo.client-error-ends-the-server")),
 ];
 
 #[test]

@@ -13,13 +13,16 @@ pub const CAUSE_IDS: &[&str] = &[
     "start.exits-after-a-client",
     "start.no-accept",
     // echo
+    "echo.client-error-ends-the-server",
     "echo.closed-early",
     "echo.closed-while-sending",
     "echo.never-accepted",
     "echo.no-accept",
     "echo.no-echo",
     "echo.reset",
+    "echo.short-write",
     "echo.stopped-accepting",
+    "echo.stuck-on-closed-client",
     "echo.wrong-bytes",
     // stress
     "stress.closed-mid-run",
