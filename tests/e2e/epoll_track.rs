@@ -25,6 +25,8 @@ const PLANTED: &[Planted] = &[
     ("modify-drops-et", "w03-l18", "epoll", Some("epoll.modify-drops-et")),
     ("reset-kills-server", "w03-l18", "epoll", Some("epoll.reset-ends-the-server")),
     ("reset-retries-forever", "w03-l18", "epoll", Some("epoll.reset-starves-others")),
+    ("read-error-ignored", "w03-l18", "epoll", Some("epoll.reset-left-open")),
+    ("stop-after-short-read", "w03-l18", "disconnects", Some("disconnects.eof-behind-a-frame-missed")),
     ("stop-after-short-read", "w02-l09", "disconnects", Some("disconnects.eof-behind-a-frame-missed")),
 ];
 
@@ -89,23 +91,28 @@ fn w03_l18_solution_passes_with_its_proof_lines() {
     for line in [
         "epoll: 5 client sockets registered with EPOLLET",
         "epoll: EPOLLET kept on every client registration while a slow reader's echoes backed up and after; a client reset mid-echo survived",
+        "epoll: a client reset with echoes pending and one reset mid-frame: both connections closed, the others still served",
         "burst: 256 frames (256 KiB) in one write, all echoed",
         "connect_burst: 500 clients connected at once, all echoed",
+        "disconnects: 50 clients sent a frame with EOF right behind it: each echoed, then closed",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
-    // The readings went on while the solution armed and disarmed EPOLLOUT.
-    assert!(
-        stdout.contains("backing up (EPOLLOUT armed), draining, drained (EPOLLOUT disarmed)"),
-        "{stdout}"
-    );
+    // The readings went on while the solution armed and disarmed EPOLLOUT,
+    // and both reset clients' connections were seen closed.
+    for text in [
+        "backing up (EPOLLOUT armed), draining, drained (EPOLLOUT disarmed)",
+        "2 reset connection(s) closed in the server",
+    ] {
+        assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
+    }
     assert!(stdout.contains("result: PASS w03-l18"), "{stdout}");
 }
 
 #[test]
 fn w03_l18_stub_fails_at_its_first_step_connect_burst() {
     // connect_burst runs first (see course.yaml): the stub's todo!() in
-    // trigger_mode kills the server at its first registration.
+    // accept_clients kills the server at its first connection.
     let (output, stdout) = run_checker(&["w03-l18", "--seed", "1"]);
     assert_eq!(exit_code(&output), 1, "{stdout}");
     assert!(
@@ -113,7 +120,7 @@ fn w03_l18_stub_fails_at_its_first_step_connect_burst() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("not yet implemented: edge-triggered mode"),
+        stdout.contains("not yet implemented: gap `accept_clients`"),
         "{stdout}"
     );
 }
@@ -219,4 +226,27 @@ fn an_error_arm_that_retries_a_reset_clients_write_forever_fails_the_epoll_step(
     ] {
         assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
     }
+}
+
+/// Only the read reports a reset that comes with nothing pending: an error
+/// arm that takes it for WouldBlock keeps the dead socket open (the client
+/// that reset with echoes pending is still closed, by the failed write).
+#[test]
+fn a_read_error_taken_for_wouldblock_leaves_a_reset_client_open_and_fails_the_epoll_step() {
+    let stdout = fixture_fails_at("w03-l18", "read-error-ignored", "epoll");
+    for text in [
+        "3000 ms after the client that had sent half a frame reset its connection (an RST), the server still holds it open: fd ",
+        "only the read reports this reset",
+        "a file descriptor leaked per client that resets",
+    ] {
+        assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
+    }
+}
+
+/// w03-l18 runs the disconnects step for the drain's other end: a FIN
+/// queued right behind the last frame brings no new edge.
+#[test]
+fn stopping_after_a_short_read_fails_w03_l18_at_the_disconnects_step() {
+    let stdout = fixture_fails_at("w03-l18", "stop-after-short-read", "disconnects");
+    assert!(stdout.contains("did not close the connection"), "{stdout}");
 }
