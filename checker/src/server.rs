@@ -125,6 +125,9 @@ pub struct Launch {
     pub wait: ListenWait,
     /// Soft RLIMIT_NOFILE for the server (the C10K lesson starts it at 1,024).
     pub nofile_soft: Option<u64>,
+    /// Hard RLIMIT_NOFILE for the server, the soft limit lowered with it: a
+    /// ceiling it cannot raise itself past (the `fd_exhaustion` step).
+    pub nofile_hard: Option<u64>,
 }
 
 /// Why a server could not be started: the student's fault, with evidence.
@@ -189,6 +192,7 @@ impl Server {
             .env(MARKER_VAR, &marker)
             .process_group(0);
         let nofile_soft = launch.nofile_soft;
+        let nofile_hard = launch.nofile_hard;
         // SAFETY: the closure runs in the child between fork and exec and only
         // makes async-signal-safe syscalls (prctl, getrlimit, setrlimit).
         unsafe {
@@ -198,6 +202,12 @@ impl Server {
                 if let Some(soft) = nofile_soft {
                     use nix::sys::resource::{getrlimit, setrlimit, Resource};
                     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+                    setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)?;
+                }
+                if let Some(ceiling) = nofile_hard {
+                    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+                    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+                    let hard = ceiling.min(hard);
                     setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)?;
                 }
                 Ok(())

@@ -35,6 +35,15 @@ enum Bug {
     NoRecovery,
     /// `unwrap()` on write errors: EPIPE / ECONNRESET mid-echo kills the server.
     UnwrapWrite,
+    /// Calls accept() again at once on any error but WouldBlock: at EMFILE
+    /// the accept loop never returns, and nobody is served.
+    AcceptRetriesEmfile,
+    /// Stops watching the listener when accept() fails (EMFILE), and never
+    /// watches it again: no one is accepted once file descriptors are free.
+    EmfileStopsAccepting,
+    /// Ends the server on an accept() error (`listener.accept()?`): EMFILE
+    /// kills it.
+    ExitOnEmfile,
 }
 
 #[derive(Parser, Debug)]
@@ -114,7 +123,18 @@ fn main() -> io::Result<()> {
             }
         }
         if ready[0].contains(PollFlags::POLLIN) {
-            while let Ok((stream, _)) = listener.accept() {
+            loop {
+                let stream = match listener.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) if args.bug == Bug::AcceptRetriesEmfile => continue,
+                    Err(_) if args.bug == Bug::EmfileStopsAccepting => {
+                        listening = false;
+                        break;
+                    }
+                    Err(e) if args.bug == Bug::ExitOnEmfile => return Err(e),
+                    Err(_) => break,
+                };
                 let held = match args.bug {
                     Bug::NoLimit => 0,
                     Bug::NoRecovery => conns.len() + refused,

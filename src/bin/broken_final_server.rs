@@ -37,6 +37,13 @@ enum Bug {
     Cap1024,
     /// Keeps std's listen backlog of 128.
     SmallBacklog,
+    /// Registers the listener level-triggered (clients stay edge-triggered):
+    /// out of file descriptors, the queued connections wake epoll_wait at
+    /// once, forever.
+    LevelTriggeredListener,
+    /// Gives every connection its own 64 KiB read buffer, allocated and
+    /// touched at accept and kept for the connection's life.
+    BufferPerConnection,
     /// With --stats, prints well-formed lines with fixed numbers.
     FakeStats,
     /// Ignores --stats: prints no stats lines.
@@ -197,6 +204,8 @@ fn say(bug: Bug, line: &str) {
 
 struct Conn {
     stream: TcpStream,
+    /// `buffer-per-connection`: this connection's own read buffer.
+    own_buffer: Vec<u8>,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     closed: bool,
@@ -243,7 +252,12 @@ fn report(bug: Bug, active: usize, pending: usize, requests: u64, bytes: u64, se
 /// Reads until WouldBlock; false when the connection is broken.
 fn read_in(conn: &mut Conn) -> bool {
     let mut chunk = [0u8; 16384];
-    match fixture::read_until_blocked(&mut conn.stream, &mut chunk, &mut conn.inbuf) {
+    let buffer: &mut [u8] = if conn.own_buffer.is_empty() {
+        &mut chunk
+    } else {
+        &mut conn.own_buffer
+    };
+    match fixture::read_until_blocked(&mut conn.stream, buffer, &mut conn.inbuf) {
         Ok(eof) => {
             conn.closed |= eof;
             true
@@ -296,9 +310,14 @@ fn epoll_loop(listener: &TcpListener, bug: Bug, stats: bool) -> io::Result<()> {
     };
     let modifies = !matches!(bug, Bug::EtOutOnce | Bug::EpolloutAlwaysArmed);
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    let listener_trigger = if bug == Bug::LevelTriggeredListener {
+        EpollFlags::empty()
+    } else {
+        et
+    };
     epoll.add(
         listener,
-        EpollEvent::new(EpollFlags::EPOLLIN | et, LISTENER),
+        EpollEvent::new(EpollFlags::EPOLLIN | listener_trigger, LISTENER),
     )?;
     epoll.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
     let mut conns: HashMap<RawFd, Conn> = HashMap::new();
@@ -364,6 +383,10 @@ fn epoll_loop(listener: &TcpListener, bug: Bug, stats: bool) -> io::Result<()> {
                                     fd,
                                     Conn {
                                         stream,
+                                        own_buffer: match bug {
+                                            Bug::BufferPerConnection => vec![0xA5; 64 * 1024],
+                                            _ => Vec::new(),
+                                        },
                                         inbuf: Vec::new(),
                                         outbuf: Vec::new(),
                                         closed: false,

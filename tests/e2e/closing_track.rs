@@ -17,6 +17,9 @@ const PLANTED: &[Planted] = &[
     ("no-limit", "w02-l10", "capacity", Some("capacity.no-limit")),
     ("stop-after-refuse", "w02-l10", "capacity", Some("capacity.over-the-limit-not-closed")),
     ("no-recovery", "w02-l10", "capacity", Some("capacity.never-comes-back")),
+    ("accept-retries-emfile", "w02-l10", "fd_exhaustion", Some("fd_exhaustion.accept-retried-forever")),
+    ("emfile-stops-accepting", "w02-l10", "fd_exhaustion", Some("fd_exhaustion.never-recovers")),
+    ("exit-on-emfile", "w02-l10", "fd_exhaustion", Some("fd_exhaustion.dies-at-the-fd-limit")),
     ("unwrap-write", "w02-l11", "broken_pipes", Some("broken_pipes.error-ends-the-server")),
 ];
 
@@ -94,6 +97,7 @@ fn w02_l10_solution_passes_and_proves_refusal_and_recovery() {
         "w02-l10",
         &[
             "capacity: --max-clients 5, 3 over the limit refused, 2 newcomers served after 2 left",
+            "fd_exhaustion: a hard limit of 256 open files and 300 clients: the server survived",
             "stress run 1/1: 50 clients, 5000 frames, 0 failures",
         ],
     );
@@ -136,6 +140,46 @@ fn a_server_that_never_gets_its_capacity_back_fails_the_recovery_check() {
         "no-recovery",
         "capacity",
         &["after 2 of the 5 held clients left, newcomer 1 was never served"],
+    );
+}
+
+#[test]
+fn an_accept_loop_that_retries_emfile_at_once_fails_fd_exhaustion() {
+    fixture_fails_at(
+        "w02-l10",
+        "accept-retries-emfile",
+        "fd_exhaustion",
+        &[
+            "out of file descriptors, the server stopped serving its clients",
+            "accept() failed with EMFILE and was called again at once",
+            "connections waiting (/proc/",
+        ],
+    );
+}
+
+#[test]
+fn a_server_that_never_watches_its_listener_again_after_emfile_fails_fd_exhaustion() {
+    fixture_fails_at(
+        "w02-l10",
+        "emfile-stops-accepting",
+        "fd_exhaustion",
+        &[
+            "after 100 held clients left, freeing their file descriptors, not everyone was served",
+            "clients that waited in the accept queue",
+        ],
+    );
+}
+
+#[test]
+fn a_server_ended_by_emfile_fails_fd_exhaustion() {
+    fixture_fails_at(
+        "w02-l10",
+        "exit-on-emfile",
+        "fd_exhaustion",
+        &[
+            "the server exited",
+            "accept() failing with EMFILE (no file descriptor left) or ENFILE must not end the server",
+        ],
     );
 }
 

@@ -28,6 +28,8 @@ const PLANTED: &[Planted] = &[
     ("epollout-always-armed", "w03-l19", "idle_cpu", Some("idle_cpu.spins")),
     ("drop-partial-write", "w03-l19", "slow_reader", Some("slow_reader.bytes-lost")),
     ("cap-1024", "w03-l20", "c10k", Some("c10k.accept-fails-at-the-fd-limit")),
+    ("buffer-per-connection", "w03-l20", "c10k", Some("c10k.memory-per-connection")),
+    ("level-triggered-listener", "w03-l20", "fd_exhaustion", Some("fd_exhaustion.spins-at-the-fd-limit")),
     ("fake-stats", "w03-l21", "stats", Some("stats.wrong-connection-counts")),
     ("no-stats", "w03-l21", "stats", Some("stats.no-lines")),
     ("exit-on-signal", "w03-l22", "shutdown", Some("shutdown.pending-echoes-lost")),
@@ -137,7 +139,16 @@ fn w03_l20_solution_holds_10000_connections_and_reports_rss_per_connection() {
         stdout.contains("c10k: 10000 connections held at once on 1 thread, every one echoed (started with a soft limit of 1024 open files)"),
         "{stdout}"
     );
-    assert!(stdout.contains("KiB per connection"), "{stdout}");
+    assert!(
+        stdout.contains("KiB per connection (bound 8 KiB)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "fd_exhaustion: a hard limit of 256 open files and 300 clients: the server survived"
+        ),
+        "{stdout}"
+    );
     assert!(stdout.contains("result: PASS w03-l20"), "{stdout}");
 }
 
@@ -155,6 +166,35 @@ fn a_server_left_at_1024_open_files_fails_the_c10k_step() {
     let stdout = fixture_fails_at("w03-l20", "cap-1024", "c10k");
     assert!(stdout.contains("of those got their echo"), "{stdout}");
     assert!(stdout.contains("EMFILE"), "{stdout}");
+}
+
+#[test]
+fn a_64_kib_buffer_per_connection_fails_the_c10k_memory_bound() {
+    let _alone = c10k_alone();
+    let stdout = fixture_fails_at("w03-l20", "buffer-per-connection", "c10k");
+    assert!(
+        stdout.contains("KiB per connection, over the bound of 8 KiB"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("an idle connection should hold no buffer memory"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_level_triggered_listener_that_spins_out_of_fds_fails_fd_exhaustion() {
+    let _alone = c10k_alone();
+    let stdout = fixture_fails_at("w03-l20", "level-triggered-listener", "fd_exhaustion");
+    assert!(
+        stdout.contains("out of file descriptors, with")
+            && stdout.contains("the server never slept: it was running or waiting for a CPU"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("a level-triggered epoll_wait() returns at once, forever"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -39,6 +39,9 @@ pub struct C10k {
     pub timeout_secs: u64,
     /// Bound on all the echoes together, once everything is connected.
     pub echo_timeout_secs: u64,
+    /// Most the server's RSS may grow per connection held, in KiB (none:
+    /// reported, not judged).
+    pub max_kib_per_connection: Option<f64>,
     pub args: Vec<String>,
 }
 
@@ -52,6 +55,7 @@ impl Default for C10k {
             max_threads: 1,
             timeout_secs: 60,
             echo_timeout_secs: 30,
+            max_kib_per_connection: None,
             args: Vec::new(),
         }
     }
@@ -68,8 +72,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 impl Check for C10k {
     fn summary(&self) -> String {
         format!(
-            "server started with a soft limit of {} open files; {} connections opened ({} at a time) and held, every one echoed; at most {} thread(s)",
-            self.nofile_soft, self.connections, self.batch, self.max_threads
+            "server started with a soft limit of {} open files; {} connections opened ({} at a time) and held, every one echoed; at most {} thread(s){}",
+            self.nofile_soft,
+            self.connections,
+            self.batch,
+            self.max_threads,
+            match self.max_kib_per_connection {
+                Some(kib) => format!("; RSS at most {kib} KiB per connection"),
+                None => String::new(),
+            }
         )
     }
 
@@ -220,8 +231,27 @@ impl Check for C10k {
             .evidence(Ctx::server_evidence(&mut server))
             .figure("threads", threads));
         }
+        if let Some(bound) = self.max_kib_per_connection {
+            if per_conn_kib > bound {
+                return Ok(StepOutcome::fail(format!(
+                    "the server's RSS grew from {rss_before} KiB to {rss_after} KiB with {} connections held (each echoed once, then idle): {per_conn_kib:.1} KiB per connection, over the bound of {bound} KiB",
+                    held.len()
+                ))
+                .cause_as("c10k.memory-per-connection", format!("what a connection costs is paid {} times over: an idle connection should hold no buffer memory (allocate a buffer when bytes arrive and give it back once it is empty), not a fixed buffer of its own", held.len()))
+                .evidence(std::iter::once(format!(
+                    "/proc/{}/status VmRSS: {rss_before} KiB after start, {rss_after} KiB with {} connections open",
+                    server.pid,
+                    held.len()
+                )))
+                .figure("rss_per_connection_kib", format!("{per_conn_kib:.1}")));
+            }
+        }
+        let bound_said = match self.max_kib_per_connection {
+            Some(bound) => format!(" (bound {bound} KiB)"),
+            None => String::new(),
+        };
         Ok(StepOutcome::pass(format!(
-            "{} connections held and all echoed on {threads} thread(s); connected in {:.1} s; RSS {rss_before} KiB -> {rss_after} KiB, {per_conn_kib:.1} KiB per connection",
+            "{} connections held and all echoed on {threads} thread(s); connected in {:.1} s; RSS {rss_before} KiB -> {rss_after} KiB, {per_conn_kib:.1} KiB per connection{bound_said}",
             held.len(),
             connect_time.as_secs_f64()
         ))
@@ -233,7 +263,7 @@ impl Check for C10k {
             self.nofile_soft
         ))
         .proof_line(format!(
-            "c10k: server RSS {rss_before} KiB idle, {rss_after} KiB with {} connections: {per_conn_kib:.1} KiB per connection",
+            "c10k: server RSS {rss_before} KiB idle, {rss_after} KiB with {} connections: {per_conn_kib:.1} KiB per connection{bound_said}",
             held.len()
         )))
     }

@@ -134,6 +134,7 @@ pub const CAUSE_IDS: &[&str] = &[
     "c10k.died-connecting",
     "c10k.died-echoing",
     "c10k.extra-threads",
+    "c10k.memory-per-connection",
     "c10k.unserved-at-the-fd-limit",
     // stats
     "stats.echo-disturbed",
@@ -202,6 +203,11 @@ pub const CAUSE_IDS: &[&str] = &[
     "fd_leak.echo-fails-after-cycles",
     "fd_leak.no-echo",
     "fd_leak.sockets-kept",
+    // fd_exhaustion
+    "fd_exhaustion.accept-retried-forever",
+    "fd_exhaustion.dies-at-the-fd-limit",
+    "fd_exhaustion.never-recovers",
+    "fd_exhaustion.spins-at-the-fd-limit",
     // capacity
     "capacity.held-unserved-after-refusal",
     "capacity.never-comes-back",

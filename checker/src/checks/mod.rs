@@ -33,6 +33,7 @@ mod disconnects;
 mod echo;
 mod epoll;
 mod excerpt;
+mod fd_exhaustion;
 mod fd_leak;
 mod frame_client;
 mod frames;
@@ -204,6 +205,7 @@ steps! {
     "client" => Client(client::Client),
     "disconnects" => Disconnects(disconnects::Disconnects),
     "fd_leak" => FdLeak(fd_leak::FdLeak),
+    "fd_exhaustion" => FdExhaustion(fd_exhaustion::FdExhaustion),
     "capacity" => Capacity(capacity::Capacity),
     "broken_pipes" => BrokenPipes(broken_pipes::BrokenPipes),
     "perf" => Perf(perf::Perf),
@@ -343,6 +345,7 @@ impl Ctx<'_> {
             argv,
             wait,
             nofile_soft: None,
+            nofile_hard: None,
         })
     }
 

@@ -212,6 +212,7 @@ impl Check for Perf {
             argv,
             wait: ListenWait::ListeningLine,
             nofile_soft: None,
+            nofile_hard: None,
         };
         let mut reference = match Server::start(&launch)? {
             Ok(server) => server,

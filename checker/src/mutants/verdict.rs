@@ -24,6 +24,7 @@ pub const TIMING_DEPENDENT_STEPS: &[&str] = &[
     "idle_timeout",
     "http_load",
     "c10k",
+    "fd_exhaustion",
 ];
 
 pub fn is_timing_dependent(step: &str) -> bool {
