@@ -86,6 +86,14 @@ enum Bug {
     /// Keeps every connection open until the whole shutdown is over, even
     /// those whose echoes are all written: their EOF waits for the slowest.
     CloseAtEnd,
+    /// Gives up at once: one pass of reads and writes after the signal,
+    /// then closes whatever still has output pending (counted as errors),
+    /// without waiting for the clients to read it.
+    GivesUpAtOnce,
+    /// Does not count a connection that fails with an I/O error during the
+    /// shutdown (a client's reset) as an error; only those given up on at
+    /// the deadline.
+    ShutdownFailuresNotCounted,
 }
 
 #[derive(Parser, Debug)]
@@ -119,7 +127,11 @@ fn shut_down(epoll: &Epoll, conns: &mut HashMap<RawFd, Conn>, bug: Bug, totals: 
     if bug != Bug::ClosingCountLate {
         say(bug, &format!("Closing {} connections...", conns.len()));
     }
-    let deadline = (bug != Bug::NoGraceBound).then(|| Instant::now() + Duration::from_millis(1500));
+    let deadline = match bug {
+        Bug::NoGraceBound => None,
+        Bug::GivesUpAtOnce => Some(Instant::now()),
+        _ => Some(Instant::now() + Duration::from_millis(1500)),
+    };
     let mut events = vec![EpollEvent::empty(); 1024];
     // close-at-end: finished connections wait here until the end.
     let mut finished = Vec::new();
@@ -142,7 +154,8 @@ fn shut_down(epoll: &Epoll, conns: &mut HashMap<RawFd, Conn>, bug: Bug, totals: 
             let Some(conn) = conns.remove(&fd) else {
                 continue;
             };
-            if !alive || bug == Bug::EveryCloseAnError {
+            let failed = !alive && bug != Bug::ShutdownFailuresNotCounted;
+            if failed || bug == Bug::EveryCloseAnError {
                 totals.errors += 1;
             }
             match bug {

@@ -2,9 +2,13 @@
 //! four cases, each on a fresh server:
 //!
 //! 1. **Pending echoes.** `connections` connections each send a small frame
-//!    and `heavy` of them also send `heavy_bytes` of frames; the checker
-//!    reads nothing, so echoes are still pending in the server when it is
-//!    signalled. Only then does it read. The server must exit with status 0
+//!    and `heavy` of them, with a small receive window, also send
+//!    `heavy_bytes` of frames; the checker reads nothing, so echoes are
+//!    still pending when the server is signalled, more than the kernel's
+//!    buffers hold: the server has to write them out over many waits after
+//!    the signal (a shutdown that gives up at once loses them). The checker
+//!    begins to read 100 ms after the server printed `Received ...`. The
+//!    server must exit with status 0
 //!    within `exit_within_ms`; every frame must come back whole, followed by
 //!    an orderly close (EOF, not a reset); stdout must carry the shutdown
 //!    lines in order, with the connection count and the final request count
@@ -27,7 +31,10 @@
 //!    waits), give every reader all its echoes and then EOF within
 //!    `eof_within_ms` of the signal (a finished connection is closed at
 //!    once, not when the grace period ends), and count exactly the
-//!    `stalled` clients as errors in `Final stats`.
+//!    `stalled` clients as errors in `Final stats`, plus the `resetting`
+//!    ones: like the stalled, they never read, and they reset their
+//!    connection (SO_LINGER 0) once the server printed `Received ...`, an
+//!    I/O error the shutdown itself meets.
 //! 4. **A second signal.** Case 3 again, with the same signal sent a second
 //!    time once the server has printed that it is shutting down: the
 //!    shutdown goes on and ends as in case 3, and from the second signal to
@@ -51,8 +58,8 @@ use nix::unistd::Pid;
 use regex::Regex;
 use serde::Deserialize;
 
-use self::net_tcp::{server_side, tcp_sockets};
-use super::disconnects::connect_small_window;
+use self::net_tcp::{client_side, server_side, tcp_sockets};
+use super::disconnects::{connect_small_window, reset};
 use super::{Check, Ctx};
 use crate::procfs;
 use crate::report::StepOutcome;
@@ -67,7 +74,9 @@ pub struct Shutdown {
     pub signal: String,
     /// Case 1: connections open when the signal is sent.
     pub connections: usize,
-    /// Case 1: connections that also send `heavy_bytes` of frames (echoes pending).
+    /// Case 1: connections that also send `heavy_bytes` of frames, with a
+    /// small receive window: more echoes than the kernel's buffers hold
+    /// wait in the server at the signal.
     pub heavy: usize,
     pub heavy_bytes: usize,
     /// Bound on the exit, from the signal, in milliseconds (the grace bound).
@@ -83,6 +92,9 @@ pub struct Shutdown {
     pub stalled: usize,
     /// ... after sending this many bytes of frames each.
     pub stalled_bytes: usize,
+    /// Cases 3 and 4: clients like those, that reset their connection
+    /// (SO_LINGER 0) once the shutdown has begun, with echoes still pending.
+    pub resetting: usize,
     /// Cases 3 and 4: bound on the readers' EOF, from the signal.
     pub eof_within_ms: u64,
     /// Cases 3 and 4: CPU the server may use from the (second) signal to its exit.
@@ -96,13 +108,14 @@ impl Default for Shutdown {
             signal: "INT".into(),
             connections: 1000,
             heavy: 8,
-            heavy_bytes: 4 * 1024 * 1024,
+            heavy_bytes: 6 * 1024 * 1024,
             exit_within_ms: 2000,
             settle_ms: 300,
             unread_connections: 200,
             readers: 20,
             stalled: 2,
             stalled_bytes: 8 * 1024 * 1024,
+            resetting: 1,
             eof_within_ms: 500,
             max_cpu_ms: 200,
             args: Vec::new(),
@@ -112,6 +125,9 @@ impl Default for Shutdown {
 
 /// Payload bytes of the heavy connections' and the stalled clients' frames.
 const HEAVY_PAYLOAD: usize = 16 * 1024;
+
+/// Case 1: how long after `Received ...` the clients begin to read.
+const READ_DELAY: Duration = Duration::from_millis(100);
 
 /// How long the checker waits for a stopped server to show state `T`.
 const STOP_WAIT: Duration = Duration::from_secs(2);
@@ -172,12 +188,13 @@ impl Check for Shutdown {
 
     fn summary(&self) -> String {
         format!(
-            "SIG{sig}, four times on a fresh server: with {} connections open and echoes pending ({} clients sent {} KiB each, unread); with input unread in {} sockets; with {} clients that never read; and with a second SIG{sig} during the shutdown: exit 0 within {} ms, every echo whole, then EOF, the shutdown lines with errors counted, no spinning",
+            "SIG{sig}, four times on a fresh server: with {} connections open and echoes pending ({} clients with a small receive window sent {} KiB each, unread); with input unread in {} sockets; with {} clients that never read and {} that resets during the shutdown; and with a second SIG{sig} during the shutdown: exit 0 within {} ms, every echo whole, then EOF, the shutdown lines with errors counted, no spinning",
             self.connections,
             self.heavy,
             self.heavy_bytes / 1024,
             self.unread_connections,
             self.stalled,
+            self.resetting,
             self.exit_within_ms,
             sig = self.signal,
         )
@@ -212,8 +229,8 @@ impl Check for Shutdown {
                 }
                 3 => {
                     ctx.log.detail(format!(
-                        "case 3/4: {name} with {} clients that never read",
-                        self.stalled
+                        "case 3/4: {name} with {} clients that never read and {} that reset",
+                        self.stalled, self.resetting
                     ));
                     self.never_reading(ctx, signal, &name, false)?
                 }
@@ -255,12 +272,29 @@ impl Shutdown {
             Ok(server) => server,
             Err(failed) => return Ok(Err(failed)),
         };
-        let mut held = match connect_all(&mut server, self.connections) {
-            Ok(held) => held,
+        // The heavy connections first, each with a small receive window:
+        // their echoes overflow the kernel's buffers on both sides and wait
+        // in the server's own output buffer, to be written out after the
+        // signal (over many epoll waits, as the checker reads).
+        let heavy = self.heavy.min(self.connections);
+        let mut held = Vec::with_capacity(self.connections);
+        for client in 1..=heavy {
+            match connect_small_window(server.addr) {
+                Ok(stream) => held.push(stream),
+                Err(err) => {
+                    return Ok(Err(StepOutcome::fail(format!(
+                        "heavy connection {client} of {heavy}: connect failed: {err}"
+                    ))
+                    .cause_as(STOPPED_ACCEPTING, STOPPED_ACCEPTING_CAUSE)
+                    .evidence(Ctx::server_evidence(&mut server))))
+                }
+            }
+        }
+        match connect_all(&mut server, self.connections - heavy) {
+            Ok(rest) => held.extend(rest),
             Err(failed) => return Ok(Err(failed)),
         };
         // What each connection sends, and so expects back.
-        let heavy = self.heavy.min(held.len());
         let per_heavy = (self.heavy_bytes / (HEAVY_PAYLOAD + 4)).max(1);
         let mut expected: Vec<Vec<u8>> = Vec::with_capacity(held.len());
         let mut frames_sent = 0u64;
@@ -307,20 +341,39 @@ impl Shutdown {
             .cause_as(STOPPED_READING, "the server must read every client's frames while their echoes are not read yet: keep the echoes in the connection's output buffer")
             .evidence(Ctx::server_evidence(&mut server))));
         }
-        ctx.log.detail(format!(
-            "{} connections open; {frames_sent} frames sent ({heavy} clients sent {} KiB each); no echo read yet",
-            held.len(),
-            per_heavy * (HEAVY_PAYLOAD + 4) / 1024
-        ));
         std::thread::sleep(Duration::from_millis(self.settle_ms));
         if let Some(failed) = died_before_the_signal(&mut server) {
             return Ok(Err(failed));
         }
+        let heavy_bytes = per_heavy * (HEAVY_PAYLOAD + 4);
+        ctx.log.detail(format!(
+            "{} connections open; {frames_sent} frames sent ({heavy} clients with a small receive window sent {} KiB each{}); no echo read yet",
+            held.len(),
+            heavy_bytes / 1024,
+            match in_the_kernel(server.pid, &held[..heavy]).and_then(|k| k.into_iter().max()) {
+                Some(kernel) => format!(
+                    "; the kernel's buffers hold at most {} KiB of each one's traffic, so at least {} KiB of its echoes wait in the server",
+                    kernel / 1024,
+                    (heavy_bytes as u64).saturating_sub(kernel) / 1024
+                ),
+                None => String::new(),
+            }
+        ));
         let mark = server.output_mark();
         kill(server.pid, signal)?;
         let signalled = Instant::now();
-        ctx.log
-            .detail(format!("sent {name} to pid {}; reading now", server.pid));
+        // The clients read a little late, as real ones may: by then the
+        // server's first round of writes after the signal has filled their
+        // sockets, so what is left must be written out over later waits
+        // (one round and a close would lose it, however fast they read).
+        wait_for_the_first_line(&server, mark, signalled + Duration::from_millis(500));
+        std::thread::sleep(READ_DELAY);
+        ctx.log.detail(format!(
+            "sent {name} to pid {}; reading now, {} ms later ({} ms after `Received ...` or half a second)",
+            server.pid,
+            signalled.elapsed().as_millis(),
+            READ_DELAY.as_millis()
+        ));
         let deadline = signalled + Duration::from_millis(self.exit_within_ms) + READ_MARGIN;
         let (readings, exit) = read_to_the_end(&mut server, &held, heavy, deadline, &mut |_| {})?;
         let stdout = stdout_lines(&server, mark);
@@ -585,17 +638,20 @@ impl Shutdown {
         };
         let readers_count = self.readers.max(1);
         let stalled_count = self.stalled.max(1);
+        let resetting_count = self.resetting;
         let mut readers = match connect_all(&mut server, readers_count) {
             Ok(held) => held,
             Err(failed) => return Ok(Err(failed)),
         };
-        let mut stalled = Vec::with_capacity(stalled_count);
-        for client in 1..=stalled_count {
+        // The clients that never read, then those that will reset.
+        let mut stalled = Vec::with_capacity(stalled_count + resetting_count);
+        for client in 1..=stalled_count + resetting_count {
             match connect_small_window(server.addr) {
                 Ok(stream) => stalled.push(stream),
                 Err(err) => {
                     return Ok(Err(StepOutcome::fail(format!(
-                        "client {client} of {stalled_count} that would never read: connect failed: {err}"
+                        "client {client} of {} that would never read: connect failed: {err}",
+                        stalled_count + resetting_count
                     ))
                     .cause_as(STOPPED_ACCEPTING, STOPPED_ACCEPTING_CAUSE)
                     .evidence(Ctx::server_evidence(&mut server))))
@@ -622,12 +678,13 @@ impl Shutdown {
         }
         let queued = stalled_send_queues(server.pid, &stalled);
         ctx.log.detail(format!(
-            "{readers_count} clients sent a frame each, reading nothing yet; {stalled_count} clients with a small receive window sent {} KiB of frames each and will never read ({})",
+            "{readers_count} clients sent a frame each, reading nothing yet; {} clients with a small receive window sent {} KiB of frames each and will never read, {resetting_count} of them to reset once the shutdown has begun ({})",
+            stalled_count + resetting_count,
             stalled_sent.iter().min().copied().unwrap_or(0) / 1024,
             match queued {
                 Some(queued) => format!(
                     "their echoes fill the server's socket send queues: {} KiB waiting in the kernel",
-                    queued.iter().map(|q| (q / 1024).to_string()).collect::<Vec<_>>().join(" and ")
+                    queued.iter().map(|q| (q / 1024).to_string()).collect::<Vec<_>>().join(", ")
                 ),
                 None => "their queues could not be read from /proc".into(),
             }
@@ -639,27 +696,28 @@ impl Shutdown {
         let signalled = Instant::now();
         let mut watched_from = (signalled, cpu_at_signal);
         let mut second_after_ms = 0;
+        // Once the shutdown has begun: its first line (so the signal was
+        // read), or half a second.
+        wait_for_the_first_line(&server, mark, signalled + Duration::from_millis(500));
+        // Resets while their echoes are pending: the server learns it from
+        // a read or write during the shutdown, an I/O error.
+        let resetters = stalled.split_off(stalled_count);
+        let reset_after_ms = signalled.elapsed().as_millis();
+        for stream in resetters {
+            reset(stream);
+        }
         if second {
-            // Once the shutdown has begun: its first line (so the first
-            // signal was read), or half a second.
-            let wait_until = signalled + Duration::from_millis(500);
-            while Instant::now() < wait_until
-                && !stdout_lines(&server, mark)
-                    .iter()
-                    .any(|line| line.starts_with("Received"))
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
             let cpu = procfs::cpu_time(pid).unwrap_or(cpu_at_signal);
             kill(pid, signal)?;
             watched_from = (Instant::now(), cpu);
             second_after_ms = watched_from.0.duration_since(signalled).as_millis();
             ctx.log.detail(format!(
-                "sent {name} to pid {pid}, and {name} again {second_after_ms} ms later, once the shutdown had begun; the readers read now"
+                "sent {name} to pid {pid}; once the shutdown had begun ({reset_after_ms} ms later), reset {resetting_count} of the clients that never read and sent {name} again ({second_after_ms} ms after the first); the readers read now"
             ));
         } else {
-            ctx.log
-                .detail(format!("sent {name} to pid {pid}; the readers read now"));
+            ctx.log.detail(format!(
+                "sent {name} to pid {pid}; once the shutdown had begun ({reset_after_ms} ms later), reset {resetting_count} of the clients that never read; the readers read now"
+            ));
         }
         // The server's CPU time, sampled while it runs (a zombie's reading
         // may be gone: keep the largest).
@@ -681,7 +739,8 @@ impl Shutdown {
         };
         let quoted = |server: &mut Server| {
             std::iter::once(format!(
-                "{readers_count} clients sent a frame each and read only after {name}; {stalled_count} clients with a small receive window sent {} KiB each and never read{}",
+                "{readers_count} clients sent a frame each and read only after {name}; {} clients with a small receive window sent {} KiB each and never read, {resetting_count} of them reset once the server printed `Received ...`{}",
+                stalled_count + resetting_count,
                 stalled_sent.iter().min().copied().unwrap_or(0) / 1024,
                 if second { format!("; {name} sent twice") } else { String::new() }
             ))
@@ -779,12 +838,13 @@ impl Shutdown {
             }
         };
         let why = format!(
-            "{stalled_count} clients never read and still had echoes unsent when the grace period ended, each of those connections an error, and the {readers_count} others read everything"
+            "{stalled_count} clients never read and still had echoes unsent when the grace period ended, {resetting_count} reset during the shutdown (an I/O error on the socket), each of those connections an error, and the {readers_count} others read everything"
         );
+        let errors = (stalled_count + resetting_count) as u64;
         if let Err(failed) = lines.judge(
-            readers_count + stalled_count,
+            readers_count + stalled_count + resetting_count,
             None,
-            stalled_count as u64,
+            errors,
             &why,
             name,
         ) {
@@ -807,10 +867,10 @@ impl Shutdown {
         } else {
             Passed {
                 summary: format!(
-                    "with {stalled_count} clients that never read: exit 0 {exit_ms} ms after {name} ({cpu_note}), the {readers_count} others echoed and at EOF within {last_eof_ms} ms, {stalled_count} errors"
+                    "with {stalled_count} clients that never read and {resetting_count} that reset: exit 0 {exit_ms} ms after {name} ({cpu_note}), the {readers_count} others echoed and at EOF within {last_eof_ms} ms, {errors} errors"
                 ),
                 proof: format!(
-                    "shutdown: {name} with {stalled_count} clients that never read: exit 0 within {} ms, {readers_count} reading clients echoed and saw EOF within {} ms, final stats {stalled_count} errors",
+                    "shutdown: {name} with {stalled_count} clients that never read and {resetting_count} that reset: exit 0 within {} ms, {readers_count} reading clients echoed and saw EOF within {} ms, final stats {errors} errors",
                     self.exit_within_ms, self.eof_within_ms
                 ),
                 figures: vec![
@@ -854,6 +914,18 @@ fn died_before_the_signal(server: &mut Server) -> Option<StepOutcome> {
             )
             .evidence(std::iter::once(death).chain(server.output_tail(20))),
     )
+}
+
+/// Waits until the server printed `Received ...` since `mark` (the
+/// shutdown has begun), or until `limit`.
+fn wait_for_the_first_line(server: &Server, mark: u64, limit: Instant) {
+    while Instant::now() < limit
+        && !stdout_lines(server, mark)
+            .iter()
+            .any(|line| line.starts_with("Received"))
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// The server's stdout since `mark`.
@@ -1239,6 +1311,22 @@ fn wait_for_unread(pid: Pid, pairs: &[(&TcpStream, usize)], limit: Duration) -> 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The bytes of each connection's traffic the kernel holds, from the
+/// server's unread input to the checker's unread echoes (both receive
+/// queues and the server's send queue): what a client sent that is not
+/// there is in the server's own buffers. `None` when /proc cannot tell.
+fn in_the_kernel(pid: Pid, streams: &[TcpStream]) -> Option<Vec<u64>> {
+    let sockets = tcp_sockets(pid).ok()?;
+    streams
+        .iter()
+        .map(|stream| {
+            let server = server_side(&sockets, stream)?;
+            let client = client_side(&sockets, stream)?;
+            Some(server.rx_queue + server.tx_queue + client.rx_queue)
+        })
+        .collect()
 }
 
 /// The bytes waiting in the kernel on the server's side of each stalled

@@ -17,14 +17,14 @@
 //! Wire protocol: a frame is a 4-byte big-endian length `L`, then `L` bytes.
 //! Each complete frame is sent back unchanged, in order.
 
-// TODO: two gaps make the shutdown graceful: `open_signal_fd` (block
-// SIGINT/SIGTERM, read them from a signalfd) and `shut_down` (the order of
-// a clean exit). The loop already registers the signalfd and calls
-// `shut_down` on its event; read `event_loop` first.
+// The stub gives you the reference l21 server (edge-triggered epoll,
+// `--stats`), already wired for signals, with three functions left to
+// write: `open_signal_fd`, `take_signal` and `shut_down`. Their doc
+// comments are the contracts; `main` and `event_loop` call them.
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,8 +32,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
 
 /// A single-threaded epoll echo server for length-prefixed frames.
 #[derive(Parser)]
@@ -83,11 +83,23 @@ const SIGNALS: u64 = u64::MAX - 1;
 
 /// How long a shutdown may spend writing out pending echoes before it
 /// closes the connections anyway (a client that never reads must not keep
-/// the server alive).
+/// the server alive): 1.5 s, so the exit comes within 2 s of the signal.
+#[allow(dead_code)] // given for shut_down: unused until you write it
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 fn main() -> ExitCode {
     let args = Args::parse();
+
+    // First of all, while this is the only thread: from here on SIGINT and
+    // SIGTERM wait for the loop instead of killing the process, however
+    // soon after the listening line they come.
+    let signals = match open_signal_fd() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("error: cannot block SIGINT and SIGTERM for a signalfd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     // Before any connection: each one costs a file descriptor.
     match raise_fd_limit() {
@@ -120,7 +132,7 @@ fn main() -> ExitCode {
     }
     println!("listening on {local}");
 
-    match event_loop(&listener, &args) {
+    match event_loop(&listener, signals, &args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: epoll failed: {e}");
@@ -505,42 +517,72 @@ fn accept_clients(
     }
 }
 
-/// Blocks SIGINT and SIGTERM and returns a signalfd that reports them as
-/// readable data instead. Called before any other thread could exist, so
-/// the block covers the whole process.
+/// Turns SIGINT and SIGTERM from signals that end the process into events
+/// the loop can wait for. `main` calls it first of all, before the
+/// listening line and while the process has a single thread, so there is
+/// no moment when one of them could still kill the server the default way
+/// (and a thread started later would inherit the same mask).
+///
+/// Afterwards both signals are blocked: one sent to the process stays
+/// pending instead of running its default action. Returns a descriptor
+/// that is readable while one of them is pending, for the loop's epoll set;
+/// reading it takes that signal off the pending set. The descriptor is
+/// non-blocking (a read with nothing pending returns at once and says so)
+/// and close-on-exec. Err when either step fails: `main` reports it and
+/// exits with a failure status, before it listens.
 fn open_signal_fd() -> nix::Result<SignalFd> {
-    // TODO: a SigSet with SIGINT and SIGTERM; `thread_block()` it (a
-    // blocked signal waits instead of killing the process); return
-    // SignalFd::with_flags(&mask, SFD_NONBLOCK | SFD_CLOEXEC).
-    todo!("block the signals and open a signalfd")
+    todo!("gap `open_signal_fd`: write it to the contract in its doc comment")
 }
 
-/// The signal the signalfd holds, if any (it is non-blocking).
-fn read_signal(signals: &mut SignalFd) -> Option<Signal> {
-    match signals.read_signal() {
-        Ok(Some(info)) => Signal::try_from(info.ssi_signo as i32).ok(),
-        // Nothing to read, or a read error: no signal to act on.
-        Ok(None) | Err(_) => None,
-    }
+/// Called by the loop each time epoll reports the signalfd readable.
+/// Returns the signal that was pending (SIGINT or SIGTERM), now taken off
+/// the pending set, or None when there was nothing to take (a read that
+/// fails counts as nothing): the loop then goes on serving.
+///
+/// When it returns a signal, the descriptor no longer wakes this epoll
+/// instance. The shutdown waits in the same instance, and a second signal
+/// stays pending (it is blocked) and keeps a level-triggered descriptor
+/// readable: left in the set, it would make every wait of the shutdown
+/// return at once, a busy loop for the whole grace period. So a second
+/// signal changes nothing: it is never read, and the shutdown goes on.
+#[allow(unused_variables)] // the stub's todo!() leaves the parameters unused
+fn take_signal(epoll: &Epoll, signals: &mut SignalFd) -> Option<Signal> {
+    todo!("gap `take_signal`: write it to the contract in its doc comment")
 }
 
-/// The graceful shutdown, once SIGINT or SIGTERM arrived (the loop has
-/// already taken the signalfd out of the epoll set, so a second signal
-/// changes nothing). Prints the four shutdown lines, in order, and returns
-/// once no connection is left. When it returns:
+/// The graceful shutdown, once `take_signal` returned `signal`. Prints the
+/// four shutdown lines on stdout, in this order, and returns once no
+/// connection is left (`main` then exits with status 0):
+///
+/// ```text
+/// Received SIGINT, shutting down...    (or SIGTERM)
+/// Closing N connections...             (N: the connections open now)
+/// All connections closed.
+/// Final stats: N requests served, E errors
+/// ```
+///
+/// When it returns:
 ///
 /// - no client was accepted after the signal;
 /// - every frame that reached a socket before the shutdown began, read by
-///   the loop or still waiting in the socket, was echoed (bytes left unread
-///   would also make close() send a reset instead of FIN);
-/// - each connection was closed as soon as its output was all written,
+///   the loop already or still waiting unread in the socket, was echoed
+///   (unread bytes would also make the close a reset instead of FIN);
+/// - each connection was closed as soon as all its output was written,
 ///   with FIN after the last byte: its client read every echo, then EOF,
-///   without waiting for the slower clients;
-/// - pending output was written for at most SHUTDOWN_GRACE, asleep in
-///   epoll_wait meanwhile: a client that never reads cannot hold the exit;
-/// - `totals` counts every frame echoed, and as errors every connection
-///   closed because of a failure: an I/O error, or output still unsent when
-///   the grace period ended.
+///   without waiting for slower clients;
+/// - pending output was written for at most SHUTDOWN_GRACE (1.5 s, so the
+///   exit comes within 2 s of the signal), asleep in epoll_wait between
+///   writes, never polling; a client that reads late still got everything
+///   within that time, and whatever had output unsent when it ended was
+///   closed anyway: a client that never reads cannot hold the exit;
+/// - the totals' request count (N) counts every frame echoed over the
+///   server's whole life, those echoed during the shutdown included;
+/// - the totals' error count (E) counts the connections the server closed
+///   because of a failure, over its whole life: an I/O error on the socket
+///   (a reset, a broken pipe), a frame over --max-frame, or output still
+///   unsent when the grace period ended. A client that got all its echoes
+///   and EOF is no error, so E is 0 when every client reads.
+#[allow(unused_variables)] // the stub's todo!() leaves the parameters unused
 fn shut_down(
     epoll: &Epoll,
     listener: &TcpListener,
@@ -549,23 +591,17 @@ fn shut_down(
     totals: &mut Totals,
     args: &Args,
 ) {
-    // TODO: the six steps of the README, so that the contract above holds.
-    // What you need is given: `serve` does one connection's work for the
-    // readiness you pass it (EPOLLIN reads what is waiting), `update_interest`
-    // keeps EPOLLOUT armed while output is pending, and `wait_for_events`
-    // sleeps until a socket is ready or a deadline passes.
-    todo!("shut down in order")
+    todo!("gap `shut_down`: write it to the contract in its doc comment")
 }
 
 /// The server: wait in epoll_wait() for any socket (or a signal) to be
 /// ready, serve the ready ones, repeat. Returns after a graceful shutdown,
 /// or with an error if epoll itself fails.
-fn event_loop(listener: &TcpListener, args: &Args) -> io::Result<()> {
+fn event_loop(listener: &TcpListener, mut signals: SignalFd, args: &Args) -> io::Result<()> {
     let epoll = create_epoll()?;
     register_listener(&epoll, listener)?;
-    let mut signals = open_signal_fd()?;
-    // Level-triggered: readable for as long as a signal is pending, so it
-    // leaves the epoll set once the shutdown begins (see below).
+    // Level-triggered: readable for as long as a signal is pending (so
+    // take_signal takes it out of the set once the shutdown begins).
     epoll.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
     let mut totals = Totals::default();
     let mut conns: HashMap<RawFd, Conn> = HashMap::new();
@@ -592,15 +628,7 @@ fn event_loop(listener: &TcpListener, args: &Args) -> io::Result<()> {
         };
         for event in &events[..ready] {
             if event.data() == SIGNALS {
-                if let Some(signal) = read_signal(&mut signals) {
-                    // A second signal during the shutdown stays pending
-                    // (blocked) and changes nothing. Left in the set, the
-                    // unread signalfd would stay readable and make every
-                    // epoll_wait of the shutdown return at once: a spin
-                    // for the whole grace period.
-                    if let Err(e) = epoll.delete(&signals) {
-                        eprintln!("cannot remove the signalfd from epoll: {e}");
-                    }
+                if let Some(signal) = take_signal(&epoll, &mut signals) {
                     shut_down(&epoll, listener, &mut conns, signal, &mut totals, args);
                     return Ok(());
                 }

@@ -31,6 +31,18 @@ pub(super) fn server_side<'a>(
         .find(|s| s.local == theirs && s.remote == mine)
 }
 
+/// The checker's own side of its connection `stream`.
+pub(super) fn client_side<'a>(
+    sockets: &'a [TcpSocket],
+    stream: &TcpStream,
+) -> Option<&'a TcpSocket> {
+    let mine = canonical(stream.local_addr().ok()?);
+    let theirs = canonical(stream.peer_addr().ok()?);
+    sockets
+        .iter()
+        .find(|s| s.local == mine && s.remote == theirs)
+}
+
 /// An address with IPv4-mapped IPv6 written as IPv4 (a dual-stack
 /// listener's sockets show in tcp6).
 fn canonical(addr: SocketAddr) -> SocketAddr {
