@@ -199,14 +199,30 @@ fn readme_problems(course: &Course, lesson: &Lesson, problems: &mut Vec<String>)
         )),
         Some(_) => {}
     }
-    let readme_hints = readme_hints(&text);
-    if readme_hints != lesson.hints {
+    if section(&text, "Hints").trim() != hints_section(lesson).trim() {
         problems.push(format!(
-            "{}: the `## Hints` bullets differ from course.yaml's hints for {} (they must be the same lines, in order)",
+            "{}: the `## Hints` section differs from course.yaml's hints for {} (rewrite it with `checker readmes`)",
             path.display(),
             lesson.id
         ));
     }
+}
+
+/// The README's `## Hints` body: each hint folded, so a student opens them
+/// one at a time, as `checker hint` gives them.
+pub fn hints_section(lesson: &Lesson) -> String {
+    let mut text = format!(
+        "<!-- generated from course.yaml's `hints:` by `checker readmes`: change them there, not here -->\n\nTry without them first. `checker hint {}` shows the next one; each below opens on a click.\n",
+        lesson.id
+    );
+    for (i, hint) in lesson.hints.iter().enumerate() {
+        text.push_str(&format!(
+            "\n<details><summary>Hint {} of {}</summary>\n\n{hint}\n\n</details>\n",
+            i + 1,
+            lesson.hints.len()
+        ));
+    }
+    text
 }
 
 /// `readme` with its `## Pitfalls` section rendered from course.yaml,
@@ -216,10 +232,27 @@ fn with_pitfalls_section(
     readme: &str,
     lesson: &Lesson,
 ) -> anyhow::Result<String> {
-    let body = crate::pitfalls::readme_section(lesson);
+    with_section(
+        path,
+        readme,
+        "Pitfalls",
+        &crate::pitfalls::readme_section(lesson),
+        "Hints",
+    )
+}
+
+/// `readme` with section `name`'s body replaced by `body`; a missing
+/// section is added before the section `before`.
+fn with_section(
+    path: &std::path::Path,
+    readme: &str,
+    name: &str,
+    body: &str,
+    before: &str,
+) -> anyhow::Result<String> {
     let lines: Vec<&str> = readme.lines().collect();
     let heading = |name: &str| lines.iter().position(|l| l.trim() == format!("## {name}"));
-    let (start, end) = match heading("Pitfalls") {
+    let (start, end) = match heading(name) {
         Some(at) => {
             let end = lines[at + 1..]
                 .iter()
@@ -228,9 +261,9 @@ fn with_pitfalls_section(
             (at, end)
         }
         None => {
-            let Some(at) = heading("Hints") else {
+            let Some(at) = heading(before) else {
                 anyhow::bail!(
-                    "{}: no `## Hints` section to put the pitfalls before",
+                    "{}: no `## {before}` section to put `## {name}` before",
                     path.display()
                 );
             };
@@ -238,7 +271,7 @@ fn with_pitfalls_section(
         }
     };
     let mut out: Vec<String> = lines[..start].iter().map(|l| l.to_string()).collect();
-    out.push("## Pitfalls".to_string());
+    out.push(format!("## {name}"));
     out.push(String::new());
     out.extend(body.lines().map(str::to_string));
     out.push(String::new());
@@ -281,13 +314,14 @@ pub fn write_checker_runs(course: &Course) -> anyhow::Result<Vec<std::path::Path
     let mut changed = Vec::new();
     for lesson in &course.lessons {
         let path = course.readme_path(lesson);
-        let text = std::fs::read_to_string(&path)
+        let original = std::fs::read_to_string(&path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let text = if has_pitfalls_section(lesson) {
-            with_pitfalls_section(&path, &text, lesson)?
+            with_pitfalls_section(&path, &original, lesson)?
         } else {
-            text
+            original.clone()
         };
+        let text = with_section(&path, &text, "Hints", &hints_section(lesson), "Verify")?;
         let block = what_the_checker_runs(lesson);
         let updated = match checker_runs_block(&text) {
             Some(old) => text.replacen(old, &block, 1),
@@ -305,25 +339,13 @@ pub fn write_checker_runs(course: &Course) -> anyhow::Result<Vec<std::path::Path
                 )
             }
         };
-        if updated != text {
+        if updated != original {
             std::fs::write(&path, &updated)
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
             changed.push(path);
         }
     }
     Ok(changed)
-}
-
-/// The `- ` bullets of the README's `## Hints` section.
-pub fn readme_hints(readme: &str) -> Vec<String> {
-    readme
-        .lines()
-        .skip_while(|l| l.trim() != "## Hints")
-        .skip(1)
-        .take_while(|l| !l.starts_with("## "))
-        .filter_map(|l| l.strip_prefix("- "))
-        .map(|l| l.trim().to_string())
-        .collect()
 }
 
 fn package_name_problems(crate_dir: &Path, expected: &str, problems: &mut Vec<String>) {
@@ -424,11 +446,24 @@ mod tests {
     }
 
     #[test]
-    fn hints_are_read_from_the_hints_section_only() {
-        let readme = "# T\n## Concept\n- not a hint\n## Hints\n\n- one\n- two  \n## Verify\n- no\n";
-        assert_eq!(
-            readme_hints(readme),
-            vec!["one".to_string(), "two".to_string()]
+    fn the_hints_are_folded_one_by_one_and_rewritten_in_place() {
+        let lesson: Lesson = serde_yaml::from_str(
+            "id: w09-l99\ntitle: T\norder: 1\npart: w09\nduration_minutes: 1\nxp: 1\nkind: lesson\nstub: s\nsolution: o\nhints: [first, second]\nverify: []\nproof: {type: paste, instructions: i, regex_patterns: []}\n",
+        )
+        .expect("test lesson");
+        let readme = "# T\n## Hints\n\n- first\n- second\n\n## Verify\nv\n";
+        let path = std::path::Path::new("README.md");
+        let body = hints_section(&lesson);
+        let once = with_section(path, readme, "Hints", &body, "Verify").unwrap();
+        assert!(
+            once.contains("<details><summary>Hint 1 of 2</summary>\n\nfirst\n\n</details>"),
+            "{once}"
         );
+        assert!(!once.contains("- first"), "{once}");
+        assert_eq!(
+            with_section(path, &once, "Hints", &body, "Verify").unwrap(),
+            once
+        );
+        assert_eq!(section(&once, "Hints").trim(), body.trim());
     }
 }
