@@ -67,6 +67,7 @@ fn w01_l02_solution_passes_with_frames_and_oversize_in_its_proof() {
         &[
             "frames: 1 byte per write, split length prefixes, empty, 64 pipelined in one write, 64 KiB — 73 frames echoed exactly",
             "oversize: a frame of 1001 bytes (--max-frame 1000) closed that connection unechoed, was logged, and the next client was served",
+            "unit_tests: the crate's own tests, 6 passed, 0 failed",
         ],
     );
 }
@@ -161,6 +162,89 @@ fn an_echo_with_little_endian_prefixes_is_told_its_byte_order() {
             "likely cause: every payload came back right, but each length prefix byte-reversed",
             "hint 5/5",
         ],
+    );
+}
+
+/// `checker w01-l02 --path` on a copy of its solution with `from` replaced
+/// by `to` in src/main.rs: a crate of its own in a temporary directory (its
+/// own package name, built in `target/e2e-crates` so its binary never
+/// replaces the solution's).
+fn w01_l02_solution_changed(from: &str, to: &str) -> (std::process::Output, String) {
+    let solution = workspace_root().join("solutions/w01-l02");
+    let copy = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(copy.path().join("src")).unwrap();
+    let main = std::fs::read_to_string(solution.join("src/main.rs")).unwrap();
+    assert_eq!(
+        main.matches(from).count(),
+        1,
+        "`{from}` once in the solution"
+    );
+    std::fs::write(copy.path().join("src/main.rs"), main.replace(from, to)).unwrap();
+    let manifest = std::fs::read_to_string(solution.join("Cargo.toml"))
+        .unwrap()
+        .replace(
+            "name = \"w01-l02-solution\"",
+            "name = \"w01-l02-contract-bug\"",
+        );
+    std::fs::write(copy.path().join("Cargo.toml"), manifest + "\n[workspace]\n").unwrap();
+    std::fs::copy(
+        workspace_root().join("Cargo.lock"),
+        copy.path().join("Cargo.lock"),
+    )
+    .unwrap();
+    let _shared = machine_shared();
+    let output = checker()
+        .args(["w01-l02", "--path"])
+        .arg(copy.path())
+        .args(["--seed", "7"])
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace_root().join("target/e2e-crates"),
+        )
+        .output()
+        .expect("running the checker");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    (output, stdout)
+}
+
+#[test]
+fn a_clean_goodbye_read_as_an_error_passes_the_wire_and_fails_the_contract_tests() {
+    // Over the wire the connection closes the same way either way: only
+    // the crate's own tests see that `Ok(None)` became `UnexpectedEof`.
+    let (output, stdout) = w01_l02_solution_changed(
+        "Ok(0) if filled == 0 => return Ok(None),",
+        "Ok(0) if filled == usize::MAX => return Ok(None),",
+    );
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    for expected in [
+        "frames: 1 byte per write, split length prefixes",
+        "oversize: a frame of 1001 bytes",
+        "FAILED w01-l02 at step `unit_tests`",
+        "1 of the crate's tests failed (5 passed): tests::frames_split_one_byte_per_read_come_out_whole",
+        "called `Result::unwrap()` on an `Err` value",
+        "UnexpectedEof",
+        "hint 2/5",
+    ] {
+        assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");
+    }
+}
+
+#[test]
+fn an_interrupted_read_returned_as_an_error_fails_the_contract_tests() {
+    // No client can make a blocking read fail with EINTR: the contract test
+    // with a reader that is interrupted once is what sees it.
+    let (output, stdout) = w01_l02_solution_changed(
+        "Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,",
+        "",
+    );
+    assert_eq!(exit_code(&output), 1, "{stdout}");
+    assert!(
+        stdout.contains("FAILED w01-l02 at step `unit_tests`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("tests::an_interrupted_read_is_read_again"),
+        "{stdout}"
     );
 }
 

@@ -54,6 +54,7 @@ mod stalled_client;
 mod start;
 mod stats;
 mod stress;
+mod unit_tests;
 mod watch;
 
 /// One kind of step: parameters from course.yaml, and how to run them.
@@ -217,6 +218,7 @@ steps! {
     "broadcast" => Broadcast(broadcast::Broadcast),
     "broadcast_process" => BroadcastProcess(broadcast_process::BroadcastProcess),
     "broadcast_idle_cpu" => BroadcastIdleCpu(broadcast_process::BroadcastIdleCpu),
+    "unit_tests" => UnitTests(unit_tests::UnitTests),
 }
 
 impl Step {
