@@ -48,6 +48,9 @@ enum Bug {
     /// resets with nothing pending for it is never closed (its fd and its
     /// registration leak; edge-triggered epoll never reports it again).
     ReadErrorIgnored,
+    /// The accept drain logs the WouldBlock that ends it as an error: a
+    /// line on every wake-up of the listener.
+    LogsWouldBlock,
 }
 
 #[derive(Parser, Debug)]
@@ -177,7 +180,12 @@ fn epoll_loop(listener: &TcpListener, bug: Bug) -> io::Result<()> {
                             }
                         }
                         Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(_) => break,
+                        Err(e) => {
+                            if bug == Bug::LogsWouldBlock {
+                                eprintln!("accept failed: {e}");
+                            }
+                            break;
+                        }
                     }
                     if !drain_accepts {
                         break;

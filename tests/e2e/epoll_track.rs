@@ -26,6 +26,7 @@ const PLANTED: &[Planted] = &[
     ("reset-kills-server", "w03-l18", "epoll", Some("epoll.reset-ends-the-server")),
     ("reset-retries-forever", "w03-l18", "epoll", Some("epoll.reset-starves-others")),
     ("read-error-ignored", "w03-l18", "epoll", Some("epoll.reset-left-open")),
+    ("logs-would-block", "w03-l18", "connect_burst", Some("connect_burst.logs-would-block")),
     ("stop-after-short-read", "w03-l18", "disconnects", Some("disconnects.eof-behind-a-frame-missed")),
     ("stop-after-short-read", "w02-l09", "disconnects", Some("disconnects.eof-behind-a-frame-missed")),
 ];
@@ -249,4 +250,18 @@ fn a_read_error_taken_for_wouldblock_leaves_a_reset_client_open_and_fails_the_ep
 fn stopping_after_a_short_read_fails_w03_l18_at_the_disconnects_step() {
     let stdout = fixture_fails_at("w03-l18", "stop-after-short-read", "disconnects");
     assert!(stdout.contains("did not close the connection"), "{stdout}");
+}
+
+/// Every drain ends with WouldBlock: a server that logs it as an error
+/// writes a line per wake-up of the listener.
+#[test]
+fn logging_the_wouldblock_that_ends_an_accept_drain_fails_the_connect_burst_step() {
+    let stdout = fixture_fails_at("w03-l18", "logs-would-block", "connect_burst");
+    for text in [
+        "all 500 clients were echoed, but the server logged WouldBlock (EAGAIN) as an error",
+        "accept failed: Resource temporarily unavailable (os error 11)",
+        "return without logging",
+    ] {
+        assert!(stdout.contains(text), "missing `{text}` in:\n{stdout}");
+    }
 }

@@ -129,6 +129,7 @@ pub const CAUSE_IDS: &[&str] = &[
     "connect_burst.accept-stall",
     "connect_burst.died",
     "connect_burst.died-after-the-burst",
+    "connect_burst.logs-would-block",
     // c10k
     "c10k.accept-fails-at-the-fd-limit",
     "c10k.died-connecting",

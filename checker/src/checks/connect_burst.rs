@@ -4,6 +4,11 @@
 //! overflow take seconds). Connections pile up in the listener's queue
 //! faster than one event per connection: an edge-triggered listener that
 //! accepts once per event leaves clients connected but never accepted.
+//!
+//! A drain ends with WouldBlock every time; the server's stderr during the
+//! burst must not report it as an error (an OS error text of EAGAIN, or
+//! `WouldBlock` as Debug prints it): that is a line per wake-up, in which
+//! real errors drown.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -52,7 +57,7 @@ enum Fate {
 impl Check for ConnectBurst {
     fn summary(&self) -> String {
         format!(
-            "{} clients connect at once, each must get one echo within {} s",
+            "{} clients connect at once, each must get one echo within {} s; no WouldBlock logged as an error",
             self.clients, self.timeout_secs
         )
     }
@@ -67,6 +72,7 @@ impl Check for ConnectBurst {
         let deadline = Instant::now() + Duration::from_secs(self.timeout_secs);
         let next = Arc::new(AtomicUsize::new(0));
         let fates: Arc<Mutex<Vec<(usize, Fate)>>> = Arc::new(Mutex::new(Vec::new()));
+        let mark = server.output_mark();
         let started = Instant::now();
         let mut handles = Vec::new();
         for _ in 0..threads {
@@ -127,6 +133,31 @@ impl Check for ConnectBurst {
                         .evidence(Ctx::server_evidence(&mut server)),
                 );
             }
+            let logged: Vec<String> = server
+                .stderr_since(mark, Duration::ZERO)
+                .into_iter()
+                .filter(|line| reports_would_block(line))
+                .collect();
+            if let Some(first) = logged.first() {
+                let mut evidence: Vec<String> = logged
+                    .iter()
+                    .take(3)
+                    .map(|line| format!("[server:stderr] {line}"))
+                    .collect();
+                if logged.len() > 3 {
+                    evidence.push(format!("... and {} more", logged.len() - 3));
+                }
+                return Ok(StepOutcome::fail(format!(
+                    "all {clients} clients were echoed, but the server logged WouldBlock (EAGAIN) as an error {} time(s) while they connected, first: `{first}`",
+                    logged.len()
+                ))
+                .cause_as(
+                    "connect_burst.logs-would-block",
+                    "WouldBlock is how every drain ends (the queue, or the socket, has nothing more for now), not a failure: return without logging. Logged, it is an error line on every wake-up, and the real errors drown in them",
+                )
+                .figure("would_block_lines", logged.len())
+                .evidence(evidence));
+            }
             return Ok(StepOutcome::pass(format!(
                 "{clients} clients connected at once, all {clients} accepted and echoed ({elapsed:.2} s)"
             ))
@@ -160,6 +191,22 @@ impl Check for ConnectBurst {
         .figure("unechoed", clients - echoed)
         .evidence(evidence))
     }
+}
+
+/// A line that reports EAGAIN as an error: the OS's text for it, or
+/// `WouldBlock` as `io::Error`'s Debug prints it. Never a line a server
+/// needs to print, since WouldBlock is no failure.
+fn reports_would_block(line: &str) -> bool {
+    let line = line.to_ascii_lowercase();
+    [
+        "resource temporarily unavailable",
+        "os error 11)",
+        "wouldblock",
+        "eagain",
+        "ewouldblock",
+    ]
+    .iter()
+    .any(|text| line.contains(text))
 }
 
 fn connect_and_send(
@@ -224,4 +271,28 @@ fn read_echo(mut stream: TcpStream, frame: &[u8], deadline: Instant) -> Fate {
         return Fate::Failed("the echo differs from the frame sent".into());
     }
     Fate::Echoed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reports_would_block;
+
+    #[test]
+    fn would_block_reported_as_an_error_is_told_from_other_lines() {
+        for line in [
+            "accept failed: Resource temporarily unavailable (os error 11)",
+            "read: Os { code: 11, kind: WouldBlock, message: \"Resource temporarily unavailable\" }",
+            "accept: EAGAIN",
+        ] {
+            assert!(reports_would_block(line), "{line}");
+        }
+        for line in [
+            "127.0.0.1:5000: connected (3 active)",
+            "accept failed: Too many open files (os error 24)",
+            "127.0.0.1:5000: Connection reset by peer (os error 104); closing (2 active)",
+            "os error 110",
+        ] {
+            assert!(!reports_would_block(line), "{line}");
+        }
+    }
 }
