@@ -271,7 +271,7 @@ impl Transcript {
                 .iter()
                 .any(|l| l.contains("not yet implemented"))
             {
-                self.say("      note: the server reached a `todo!()` of the stub: fill in the `// TODO:` gaps");
+                self.say("      note: the server reached a `todo!()` of the stub: write the function it names, to the contract in its doc comment");
             } else if let Some(death) = unnoticed_death(outcome) {
                 self.say(format!(
                     "      note: {death} during this step: what the clients saw follows from that, so find out why first (its last output is quoted below)"
