@@ -1,14 +1,16 @@
 //! Deliberately broken poll() echo servers for the w02 lessons' probes, one
 //! bug per `--bug`. `--bug none` is a correct single-threaded poll() server
 //! (non-blocking sockets, per-connection read and write buffers, POLLOUT only
-//! while output is pending), so every fixture differs from a passing server
-//! by exactly one thing.
+//! while output is pending, the listener left unwatched after an accept
+//! error such as EMFILE until a connection closes), so every fixture differs
+//! from a passing server by exactly one thing.
 //!
 //! It speaks the course's command line, so the checker starts it with `--exec`.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use epoll_course::fixture::{self, whole_frame_within, Listen};
@@ -44,7 +46,23 @@ enum Bug {
     /// Retries every write error but WouldBlock, as if each were EINTR: a
     /// reset client's ECONNRESET, then EPIPE, comes back for ever.
     RetriesWriteErrors,
+    /// The listener stays blocking: the accept loop sleeps in accept()
+    /// after the last queued client, until one more connects.
+    BlockingListener,
+    /// A nap loop (poll with a 1 ms timeout) that reads every connection on
+    /// every pass and takes the read's WouldBlock for an error: it closes
+    /// each connection at its first visit with nothing to read.
+    WouldBlockCloses,
+    /// A read error (a reset client's ECONNRESET) ends the whole server, as
+    /// `?` on a connection's error in the loop would.
+    ResetEndsTheServer,
+    /// Calls accept() again at once on any error but WouldBlock: at EMFILE
+    /// it never gets back to the clients it holds.
+    AcceptRetriesErrors,
 }
+
+/// How long the listener goes unwatched after an accept error, at most.
+const PAUSE_MS: u8 = 100;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -90,15 +108,30 @@ fn main() -> io::Result<()> {
     if args.bug == Bug::TwoThreads {
         std::thread::spawn(|| fixture::park_forever());
     }
-    listener.set_nonblocking(true)?;
+    if args.bug != Bug::BlockingListener {
+        listener.set_nonblocking(true)?;
+    }
     let timeout = match args.bug {
         Bug::BusyLoop => PollTimeout::ZERO,
-        Bug::LogsWouldBlock => PollTimeout::from(1u8),
+        Bug::LogsWouldBlock | Bug::WouldBlockCloses => PollTimeout::from(1u8),
         _ => PollTimeout::NONE,
     };
     let mut conns: Vec<Conn> = Vec::new();
+    // Out of file descriptors (EMFILE), the queued clients keep the
+    // listener readable and poll() would return at once for ever: after an
+    // accept error the listener is not watched until a connection closes,
+    // or for PAUSE (ENFILE, ECONNABORTED).
+    let mut paused_until: Option<Instant> = None;
     loop {
-        let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if paused_until.is_some_and(|until| Instant::now() >= until) {
+            paused_until = None;
+        }
+        let listening = if paused_until.is_some() {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
+        let mut fds = vec![PollFd::new(listener.as_fd(), listening)];
         for c in &conns {
             let mut ev = PollFlags::POLLIN;
             let pending = !c.outbuf.is_empty() && args.bug != Bug::NoPollout;
@@ -107,7 +140,11 @@ fn main() -> io::Result<()> {
             }
             fds.push(PollFd::new(c.stream.as_fd(), ev));
         }
-        match poll(&mut fds, timeout) {
+        let wait = match paused_until {
+            Some(_) if timeout == PollTimeout::NONE => PollTimeout::from(PAUSE_MS),
+            _ => timeout,
+        };
+        match poll(&mut fds, wait) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
@@ -117,18 +154,34 @@ fn main() -> io::Result<()> {
             .collect();
         drop(fds);
         for (i, conn) in conns.iter_mut().enumerate() {
-            if !ready[i + 1].is_empty() {
+            if args.bug == Bug::WouldBlockCloses {
+                serve(conn, ready[i + 1] | PollFlags::POLLIN, &args);
+            } else if !ready[i + 1].is_empty() {
                 serve(conn, ready[i + 1], &args);
             }
         }
+        let before = conns.len();
         conns.retain(|c| !c.closed);
+        if conns.len() < before {
+            paused_until = None;
+        }
         if ready[0].contains(PollFlags::POLLIN) || args.bug == Bug::LogsWouldBlock {
             loop {
                 let stream = match listener.accept() {
                     Ok((stream, _)) => stream,
+                    Err(e)
+                        if args.bug == Bug::AcceptRetriesErrors
+                            && e.kind() != ErrorKind::WouldBlock =>
+                    {
+                        continue
+                    }
                     Err(e) => {
                         if args.bug == Bug::LogsWouldBlock {
                             eprintln!("accept failed: {e}");
+                        }
+                        if e.kind() != ErrorKind::WouldBlock {
+                            paused_until =
+                                Some(Instant::now() + Duration::from_millis(PAUSE_MS.into()));
                         }
                         break;
                     }
@@ -153,7 +206,11 @@ fn serve(conn: &mut Conn, ready: PollFlags, args: &Args) {
         match conn.stream.read(&mut chunk) {
             Ok(0) => conn.closed = true,
             Ok(n) => conn.inbuf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock && args.bug != Bug::WouldBlockCloses => {}
+            Err(e) if args.bug == Bug::ResetEndsTheServer => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
             Err(_) => conn.closed = true,
         }
         if args.bug == Bug::StallOnPartial && !conn.inbuf.is_empty() {

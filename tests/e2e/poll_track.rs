@@ -25,6 +25,10 @@ const PLANTED: &[Planted] = &[
     ("busy-loop", "w02-l06", "idle_cpu", Some("idle_cpu.spins")),
     ("busy-loop", "w02-l05", "idle_cpu", Some("idle_cpu.spins")),
     ("logs-would-block", "w02-l05", "hold", Some("hold.logs-while-idle")),
+    ("blocking-listener", "w02-l05", "hold", Some("hold.stuck-in-a-blocking-call")),
+    ("would-block-closes", "w02-l05", "hold", Some("hold.closed-held")),
+    ("reset-ends-the-server", "w02-l05", "hold", Some("hold.reset-ends-the-server")),
+    ("accept-retries-errors", "w02-l05", "fd_exhaustion", Some("fd_exhaustion.accept-retried-forever")),
     ("one-frame-per-read", "w02-l07", "frames", Some("frames.pipelined")),
     ("drop-partial-write", "w02-l08", "slow_reader", Some("slow_reader.bytes-lost")),
     ("no-pollout", "w02-l08", "slow_reader", Some("slow_reader.echo-stalled")),
@@ -68,14 +72,83 @@ fn w02_l05_solution_passes_and_proves_100_held_nonblocking_on_one_thread() {
         &[
             "hold: 100 connections held at once, 100 echoed while all were open",
             "all O_NONBLOCK",
+            "hold: connection 1 reset, the other 99 echoed again",
             "process: 1 thread(s), 0 child processes",
         ],
     );
 }
 
+/// The stub's `serve` is a `todo!()` reached right after the listening
+/// line: the first server step fails with the panic.
 #[test]
-fn w02_l05_stub_fails_the_hold_probe() {
-    stub_fails_at("w02-l05", "hold");
+fn w02_l05_stub_fails_at_start_with_the_todo_panic() {
+    let stdout = lesson_stub_fails_at("w02-l05", "start");
+    assert!(stdout.contains("gap `serve`"), "{stdout}");
+}
+
+/// A listener left blocking: the accept loop sleeps after the last queued
+/// client, and no held connection is ever read.
+#[test]
+fn hold_probe_fails_a_server_whose_listener_blocks() {
+    fixture_fails_at(
+        "w02-l05",
+        "blocking-listener",
+        "hold",
+        &["(0 echoed)", "stuck in a blocking call"],
+    );
+}
+
+/// A read's WouldBlock taken for an error closes every connection before
+/// its client sends: the held connections see EOF.
+#[test]
+fn hold_probe_fails_a_server_that_closes_on_would_block() {
+    fixture_fails_at(
+        "w02-l05",
+        "would-block-closes",
+        "hold",
+        &["EOF: the server closed the connection", "should be holding"],
+    );
+}
+
+/// One client's reset let out of the loop ends the server: the reset case
+/// of hold makes the death its verdict, and the reset its cause.
+#[test]
+fn hold_reset_case_fails_a_server_that_a_reset_ends() {
+    fixture_fails_at(
+        "w02-l05",
+        "reset-ends-the-server",
+        "hold",
+        &[
+            "the server exited",
+            "once connection 1 had reset",
+            "close that connection, keep serving the others",
+        ],
+    );
+}
+
+/// An accept loop that retries EMFILE at once never gets back to the
+/// clients it holds (w02-l05's `accept_clients` pitfall).
+#[test]
+fn fd_exhaustion_fails_a_poll_server_that_retries_accept_errors() {
+    fixture_fails_at(
+        "w02-l05",
+        "accept-retries-errors",
+        "fd_exhaustion",
+        &["accept() failed with EMFILE and was called again at once"],
+    );
+}
+
+/// w02-l05 has no poll(): its spin is told as a loop that never naps, not
+/// as a poll() timeout.
+#[test]
+fn w02_l05_idle_cpu_cause_speaks_of_the_nap() {
+    let text = fixture_fails_at(
+        "w02-l05",
+        "busy-loop",
+        "idle_cpu",
+        &["the loop spins while nothing happens", "short nap"],
+    );
+    assert!(!text.contains("no timeout (-1)"), "{text}");
 }
 
 #[test]

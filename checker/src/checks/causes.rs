@@ -79,6 +79,8 @@ pub const CAUSE_IDS: &[&str] = &[
     "hold.closed-held",
     "hold.logs-while-idle",
     "hold.one-at-a-time",
+    "hold.reset-disturbs-others",
+    "hold.reset-ends-the-server",
     "hold.served-only-some",
     "hold.sockets-not-kept",
     "hold.stopped-accepting",

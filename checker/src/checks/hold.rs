@@ -8,6 +8,10 @@
 //! quiet on stderr for that long: nothing happens, so at most
 //! `QUIET_MAX_LINES` lines (room for a periodic status line). A loop that
 //! logs WouldBlock ("nothing now") as an error writes a line every pass.
+//! Optionally (`reset_one: true`) one held connection is then reset (an
+//! RST) and every other one must echo a frame again: the reset is an error
+//! of that connection only, and a loop that lets it out (`?`) ends the
+//! server for everyone.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -32,6 +36,8 @@ pub struct Hold {
     pub nonblocking: bool,
     /// Then, everything idle, watch stderr this long (0: not judged).
     pub quiet_ms: u64,
+    /// Then reset one held connection; the others must echo again.
+    pub reset_one: bool,
     pub args: Vec<String>,
 }
 
@@ -42,6 +48,7 @@ impl Default for Hold {
             timeout_secs: 10,
             nonblocking: false,
             quiet_ms: 0,
+            reset_one: false,
             args: Vec::new(),
         }
     }
@@ -55,6 +62,13 @@ const CLOSED_HELD_CAUSE: &str = "the server closed or reset a connection it shou
 const QUIET_MAX_LINES: usize = 20;
 /// Let the lines about the echoes reach the capture before the window opens.
 const QUIET_SETTLE: Duration = Duration::from_millis(200);
+
+/// The reset case: how long the server has to read the RST before the
+/// others send again, and the causes of its failures.
+const RESET_SETTLE: Duration = Duration::from_millis(200);
+const RESET_ENDS_THE_SERVER: &str = "hold.reset-ends-the-server";
+const RESET_DISTURBS_OTHERS: &str = "hold.reset-disturbs-others";
+const RESET_CAUSE: &str = "a reset is an error of that one connection (ECONNRESET from its read): close that connection, keep serving the others, and never let the error end the loop (no `?` or unwrap() on one connection's error)";
 
 /// How a held connection's echo fell short.
 #[derive(Clone, Copy)]
@@ -101,6 +115,22 @@ pub(super) fn read_echo(stream: &mut TcpStream, want: usize, deadline: Instant) 
         }
     }
     Echoed::Complete(received)
+}
+
+/// Whether the server closed (or reset) this held connection: a peek
+/// that does not wait sees its EOF or error.
+fn closed_by_server(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let closed = match stream.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    let _ = stream.set_nonblocking(false);
+    closed
 }
 
 /// The inodes of listening TCP sockets on `port`, from the server's own
@@ -162,7 +192,7 @@ pub(super) fn blocking_client_sockets(pid: Pid, port: u16) -> Result<(usize, Vec
 impl Check for Hold {
     fn summary(&self) -> String {
         format!(
-            "hold {} connections open at once; every one echoes a frame while all are held{}{}",
+            "hold {} connections open at once; every one echoes a frame while all are held{}{}{}",
             self.connections,
             if self.nonblocking {
                 "; every client socket of the server non-blocking"
@@ -176,6 +206,11 @@ impl Check for Hold {
                 )
             } else {
                 String::new()
+            },
+            if self.reset_one {
+                "; then one held connection resets and every other one echoes a frame again"
+            } else {
+                ""
             }
         )
     }
@@ -283,6 +318,16 @@ impl Check for Hold {
         if self.nonblocking {
             let (judged, blocking) = blocking_client_sockets(server.pid, server.addr.port())?;
             if judged < held.len() {
+                // Closed after its echo, the client sees the EOF: say so.
+                let closed = held.iter().filter(|s| closed_by_server(s)).count();
+                if closed > 0 {
+                    return Ok(StepOutcome::fail(format!(
+                        "the server closed {closed} of the {} held connections after their echo (it holds {judged} client sockets)",
+                        held.len()
+                    ))
+                    .cause_as(CLOSED_HELD, CLOSED_HELD_CAUSE)
+                    .evidence(Ctx::server_evidence(&mut server)));
+                }
                 return Ok(StepOutcome::fail(format!(
                     "the server holds {judged} client sockets, but {} connections are open",
                     held.len()
@@ -337,9 +382,18 @@ impl Check for Hold {
                 self.quiet_ms
             ));
         }
+        let count = held.len();
+        if self.reset_one && count >= 2 {
+            match reset_one(&mut server, held, self.timeout_secs) {
+                Ok(line) => {
+                    ctx.log.detail(line.clone());
+                    proof.push(line);
+                }
+                Err(failed) => return Ok(*failed),
+            }
+        }
         let mut outcome = StepOutcome::pass(format!(
-            "{} connections held at once, every one echoed",
-            held.len()
+            "{count} connections held at once, every one echoed"
         ))
         .figure("echoed_while_held", echoed);
         for line in proof {
@@ -347,4 +401,61 @@ impl Check for Hold {
         }
         Ok(outcome)
     }
+}
+
+/// The reset case: the first held connection resets (SO_LINGER 0, then
+/// close: an RST), and once the server has had time to read it, every other
+/// one sends a frame again and must get its echo. `Ok` is the proof line.
+fn reset_one(
+    server: &mut crate::server::Server,
+    mut held: Vec<TcpStream>,
+    timeout_secs: u64,
+) -> std::result::Result<String, Box<StepOutcome>> {
+    let others = held.len() - 1;
+    super::disconnects::reset(held.remove(0));
+    std::thread::sleep(RESET_SETTLE);
+    let frames: Vec<Vec<u8>> = (2..=others + 1)
+        .map(|c| stress::frame::encode(format!("held client {c}, after client 1 reset").as_bytes()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    let mut echoed = 0;
+    for (i, stream) in held.iter_mut().enumerate() {
+        let client = i + 2;
+        let sent = stream.write_all(&frames[i]);
+        let what = match sent {
+            Err(err) => format!("sending a {}-byte frame failed: {err}", frames[i].len()),
+            Ok(()) => match read_echo(stream, frames[i].len(), deadline) {
+                Echoed::Complete(got) if got == frames[i] => {
+                    echoed += 1;
+                    continue;
+                }
+                Echoed::Complete(_) => "an echo that differs from the frame sent".to_string(),
+                Echoed::Eof(got) if got.is_empty() => "EOF, the server closed it".to_string(),
+                Echoed::Eof(got) => format!("EOF after {} bytes of the echo", got.len()),
+                Echoed::TimedOut(got) => format!(
+                    "no complete echo within {timeout_secs} s ({} bytes)",
+                    got.len()
+                ),
+                Echoed::Failed(got, err) => {
+                    format!("a reset or error ({err}) after {} bytes", got.len())
+                }
+            },
+        };
+        let message = format!(
+            "connection {client}: {what}, once connection 1 had reset ({echoed} of the other {others} echoed again)"
+        );
+        // The death is the verdict, and the reset explains it.
+        let failed = match server.death_notice_within(Duration::from_millis(200)) {
+            Some(death) => StepOutcome::fail(message)
+                .death_cause(RESET_ENDS_THE_SERVER, RESET_CAUSE)
+                .evidence(std::iter::once(death).chain(server.output_tail(20))),
+            None => StepOutcome::fail(message)
+                .cause_as(RESET_DISTURBS_OTHERS, RESET_CAUSE)
+                .evidence(Ctx::server_evidence(server)),
+        };
+        return Err(Box::new(failed.figure("echoed_after_reset", echoed)));
+    }
+    Ok(format!(
+        "hold: connection 1 reset, the other {others} echoed again"
+    ))
 }

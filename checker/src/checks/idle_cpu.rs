@@ -1,7 +1,8 @@
 //! `idle_cpu`: with a few connections open and idle, the server's CPU time
 //! (user + system, all threads, /proc/PID/stat) over a window stays under a
 //! generous bound. A loop that spins instead of sleeping in poll()/epoll_wait
-//! burns a whole core and fails by a wide margin.
+//! burns a whole core and fails by a wide margin. A lesson whose loop
+//! naps between passes (`naps: true`, before poll()) is told so in the cause.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -24,6 +25,9 @@ pub struct IdleCpu {
     pub window_ms: u64,
     /// Most CPU time the server may use in the window, in milliseconds.
     pub max_cpu_ms: u64,
+    /// The lesson's loop has no poll() yet: it rests by napping after a
+    /// pass that found nothing to do, and the cause of a spin says so.
+    pub naps: bool,
     pub args: Vec<String>,
 }
 
@@ -33,6 +37,7 @@ impl Default for IdleCpu {
             connections: 10,
             window_ms: 2000,
             max_cpu_ms: 200,
+            naps: false,
             args: Vec::new(),
         }
     }
@@ -114,7 +119,9 @@ impl Check for IdleCpu {
                 window.as_millis(),
                 self.max_cpu_ms
             ))
-            .cause_as("idle_cpu.spins", {
+            .cause_as("idle_cpu.spins", if self.naps {
+                "the loop spins while nothing happens: a pass in which the listener and every connection had nothing (every call said WouldBlock) must end in a short nap, and only such a pass; one that did something goes straight on".to_string()
+            } else {
                 let readiness = ctx.readiness();
                 format!("the event loop spins while nothing happens: wait in {} with no timeout (-1), never 0, and don't ask for {} when there is nothing to write", readiness.wait, readiness.writable)
             })
