@@ -98,15 +98,18 @@ fn hold_probe_fails_a_server_whose_listener_blocks() {
     );
 }
 
-/// A read's WouldBlock taken for an error closes every connection before
-/// its client sends: the held connections see EOF.
+/// A read's WouldBlock taken for an error closes every connection at its
+/// first visit with nothing to read: before its client sends (the held
+/// connection sees EOF) or, on a loaded machine where the frame came
+/// first, right after its echo (the fd count finds it gone, the client its
+/// EOF). Either way the cause is a closed held connection.
 #[test]
 fn hold_probe_fails_a_server_that_closes_on_would_block() {
     fixture_fails_at(
         "w02-l05",
         "would-block-closes",
         "hold",
-        &["EOF: the server closed the connection", "should be holding"],
+        &["the server closed", "should be holding"],
     );
 }
 
