@@ -145,7 +145,11 @@ fn a_missing_lesson_folder_is_rejected() {
 
 /// `checker validate w01-l01` on a copy of the course edited by `edit`.
 fn validate_edited(edit: impl Fn(String) -> String) -> (i32, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
+    // Inside the workspace: validate builds the fixture servers of the
+    // lesson's pitfalls from the course's directory.
+    let targets = workspace_root().join("target");
+    std::fs::create_dir_all(&targets).expect("target dir");
+    let dir = tempfile::tempdir_in(&targets).expect("temp dir");
     let path = dir.path().join("course.yaml");
     let yaml = edit(real_course());
     assert_ne!(yaml, real_course(), "the test's edit must apply");
@@ -250,11 +254,30 @@ fn validate_names_a_lesson_whose_stub_passes() {
     );
 }
 
+/// The course with `field` added to w01-l01, in place of the lesson's own
+/// field of that name (`floor:`, `pitfalls:`).
 fn w01_l01_with(field: &str) -> (i32, String) {
-    let yaml = real_course().replace(
+    let course = real_course();
+    let start = course.find("  - id: w01-l01").expect("w01-l01");
+    let end = course.find("  - id: w01-l02").expect("w01-l02");
+    let name = field.trim_start().split(':').next().unwrap_or_default();
+    let mut lesson = String::new();
+    let mut skipping = false;
+    for line in course[start..end].lines() {
+        let indent = line.len() - line.trim_start().len();
+        if indent == 4 {
+            skipping = line.trim_start().starts_with(&format!("{name}:"));
+        }
+        if !skipping {
+            lesson.push_str(line);
+            lesson.push('\n');
+        }
+    }
+    let lesson = lesson.replace(
         "    gaps: [accept_loop, echo_client]\n",
         &format!("    gaps: [accept_loop, echo_client]\n{field}"),
     );
+    let yaml = format!("{}{lesson}{}", &course[..start], &course[end..]);
     assert_ne!(yaml, real_course(), "the test's edit must apply");
     checker_with_course(&yaml, "w01-l01")
 }

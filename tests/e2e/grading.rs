@@ -98,7 +98,7 @@ fn a_class_of_pastes_is_graded_in_every_format_with_bad_pastes_caught() {
             .to_string()
     };
     assert!(
-        row("alice").contains("passed") && row("alice").trim_end().ends_with("50"),
+        row("alice").contains("passed") && row("alice").trim_end().ends_with("75"),
         "{table}"
     );
     assert!(row("bob").contains("FAILED"), "{table}");
@@ -126,7 +126,7 @@ fn a_class_of_pastes_is_graded_in_every_format_with_bad_pastes_caught() {
 
     let (_, json) = grade(&["--format", "json", class.path().to_str().unwrap()]);
     let document: serde_json::Value = serde_json::from_str(&json).expect("JSON parses");
-    assert_eq!(document["xp"]["alice"], 50, "{json}");
+    assert_eq!(document["xp"]["alice"], 75, "{json}");
     let (_, junit) = grade(&["--format", "junit", class.path().to_str().unwrap()]);
     let xml = roxmltree::Document::parse(&junit).expect("JUnit is well-formed XML");
     assert_eq!(xml.root_element().tag_name().name(), "testsuites");
@@ -134,7 +134,7 @@ fn a_class_of_pastes_is_graded_in_every_format_with_bad_pastes_caught() {
     assert!(csv.starts_with("student,lesson,status,xp,reasons"), "{csv}");
     assert!(
         csv.lines()
-            .any(|l| l.starts_with("alice,w01-l01,passed,50")),
+            .any(|l| l.starts_with("alice,w01-l01,passed,75")),
         "{csv}"
     );
 
@@ -204,7 +204,7 @@ fn the_classroom_template_has_one_test_per_lesson_worth_its_xp() {
     let lessons: Vec<&str> = list.lines().filter(|l| l.starts_with('w')).collect();
     assert_eq!(tests.len(), lessons.len(), "{stdout}");
     let first = &tests[0];
-    assert_eq!(first["points"], 50);
+    assert_eq!(first["points"], 75);
     assert!(first["run"]
         .as_str()
         .unwrap()

@@ -128,7 +128,7 @@ fn a_new_student_walks_from_next_to_a_pass_and_sees_it_in_list() {
     let (_, list) = course.checker(&["list"]);
     assert!(list.contains("failed"), "{list}");
     assert!(
-        list.contains("0 of 1 lessons passed · 0 of 50 XP"),
+        list.contains("0 of 1 lessons passed · 0 of 75 XP"),
         "{list}"
     );
 
@@ -144,7 +144,7 @@ fn a_new_student_walks_from_next_to_a_pass_and_sees_it_in_list() {
     let (_, list) = course.checker(&["list"]);
     assert!(list.contains("passed 20"), "{list}");
     assert!(
-        list.contains("1 of 1 lessons passed · 50 of 50 XP"),
+        list.contains("1 of 1 lessons passed · 75 of 75 XP"),
         "{list}"
     );
     let (_, next) = course.checker(&["next"]);
