@@ -68,7 +68,7 @@ impl Default for Echo {
             frames: 6,
             reset_client: false,
             short_writes: 0,
-            short_write_kib: 65536,
+            short_write_kib: 32768,
             args: Vec::new(),
         }
     }
