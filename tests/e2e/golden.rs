@@ -8,8 +8,6 @@
 
 use crate::support::*;
 
-const SEED: &str = "4242";
-
 /// Masks what differs between runs and machines: paths, numbers (ports,
 /// pids, timings, hashes, counts), the server's own output and the
 /// evidence lines whose number and order depend on scheduling.
@@ -39,24 +37,11 @@ fn normalise(transcript: &str) -> String {
 #[test]
 fn the_course_validates_and_every_transcript_matches_its_golden_file() {
     let record = std::env::var_os("GOLDEN_RECORD").is_some();
-    let transcripts = tempfile::tempdir().unwrap();
-    // The whole course, one lesson after another (C10K included): alone on
-    // the machine, and longer than one run's guard.
-    let _alone = machine_to_myself();
-    let output = checker()
-        .timeout(std::time::Duration::from_secs(1800))
-        .args([
-            "validate",
-            "--seed",
-            SEED,
-            "--transcripts",
-            transcripts.path().to_str().unwrap(),
-        ])
-        .output()
-        .expect("running checker validate");
-    let table = String::from_utf8_lossy(&output.stdout).to_string();
-    assert_eq!(exit_code(&output), 0, "checker validate:\n{table}");
+    let validated = validated();
+    let table = &validated.table;
+    assert_eq!(validated.code, 0, "checker validate:\n{table}");
     assert!(table.contains("the course is sound"), "{table}");
+    let transcripts = &validated.dir;
 
     let golden_dir = workspace_root().join("tests/golden");
     let mut differences = Vec::new();

@@ -138,8 +138,7 @@ pub fn track_fixture_passes(binary: &str, lesson: &str, bug: &str) -> String {
 
 /// `checker <lesson> --solution` passes and its proof holds every line.
 pub fn lesson_solution_passes(lesson: &str, proof_lines: &[&str]) {
-    let (output, stdout) = run_checker(&[lesson, "--solution", "--seed", "7"]);
-    assert_eq!(exit_code(&output), 0, "{stdout}");
+    let stdout = validated().transcript(lesson, "pass");
     assert!(
         stdout.contains(&format!("result: PASS {lesson}")),
         "{stdout}"
@@ -151,14 +150,67 @@ pub fn lesson_solution_passes(lesson: &str, proof_lines: &[&str]) {
 
 /// `checker <lesson>` on the untouched stub fails at `step`; returns the output.
 pub fn lesson_stub_fails_at(lesson: &str, step: &str) -> String {
-    let (output, stdout) = run_checker(&[lesson, "--seed", "7"]);
-    assert_eq!(exit_code(&output), 1, "{stdout}");
+    let stdout = validated().transcript(lesson, "fail");
     let failed_at = format!("FAILED {lesson} at step `{step}`");
     assert!(
         stdout.contains(&failed_at),
         "missing `{failed_at}` in:\n{stdout}"
     );
     stdout
+}
+
+/// The seed of the one `checker validate` run the tests share.
+pub const VALIDATE_SEED: &str = "4242";
+
+/// One `checker validate` of the whole course (every solution passes, every
+/// stub fails, every pitfall fails as it says), run once for the whole test
+/// binary with the machine to itself: the golden transcripts are its
+/// transcripts, and each track's solution and stub tests read theirs
+/// instead of running the lesson again.
+pub struct Validated {
+    pub code: i32,
+    pub table: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Validated {
+    /// The text of `lesson`'s `pass` (solution) or `fail` (stub) run.
+    pub fn transcript(&self, lesson: &str, kind: &str) -> String {
+        assert_eq!(
+            self.code, 0,
+            "checker validate (which ran {lesson}'s {kind} run) did not pass:\n{}",
+            self.table
+        );
+        let path = self.dir.path().join(format!("{lesson}.{kind}.txt"));
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), self.table))
+    }
+}
+
+pub fn validated() -> &'static Validated {
+    static VALIDATED: std::sync::OnceLock<Validated> = std::sync::OnceLock::new();
+    VALIDATED.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The whole course, one lesson after another (C10K included): alone
+        // on the machine, and longer than one run's guard.
+        let _alone = machine_to_myself();
+        let output = checker()
+            .timeout(std::time::Duration::from_secs(1800))
+            .args([
+                "validate",
+                "--seed",
+                VALIDATE_SEED,
+                "--transcripts",
+                dir.path().to_str().expect("utf-8 path"),
+            ])
+            .output()
+            .expect("running checker validate");
+        Validated {
+            code: exit_code(&output),
+            table: String::from_utf8_lossy(&output.stdout).to_string(),
+            dir,
+        }
+    })
 }
 
 /// course.yaml with absolute crate paths, so a copy of it elsewhere (edited
