@@ -44,6 +44,30 @@ pub fn is_alive(pid: Pid) -> bool {
         .unwrap_or(false)
 }
 
+/// The process state letter of /proc/PID/stat (`R`, `S`, `T` when stopped…).
+pub fn state(pid: Pid) -> Option<char> {
+    let stat = read(pid, "stat").ok()?;
+    stat.get(stat.rfind(')')? + 1..)?
+        .trim_start()
+        .chars()
+        .next()
+}
+
+/// Waits until the process is stopped (SIGSTOP), checking every `poll`;
+/// false when `limit` passes first.
+pub fn wait_until_stopped(pid: Pid, limit: Duration, poll: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if matches!(state(pid), Some('T') | Some('t')) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(poll);
+    }
+}
+
 /// Number of threads (`Threads:`).
 pub fn threads(pid: Pid) -> Result<usize> {
     Ok(status_field(pid, "Threads")?.parse()?)

@@ -16,11 +16,10 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use serde::Deserialize;
 
 use super::disconnects::{connect_small_window, fail, fresh_client_echoed, reset};
@@ -199,7 +198,7 @@ fn frames_with_resets(server: &mut Server) -> Result<Option<StepOutcome>> {
         }
     }
     killpg(server.pid, Signal::SIGSTOP)?;
-    if !wait_until_stopped(server.pid, STOP_WAIT) {
+    if !crate::procfs::wait_until_stopped(server.pid, STOP_WAIT, Duration::from_millis(5)) {
         let _ = killpg(server.pid, Signal::SIGCONT);
         anyhow::bail!(
             "the server (pid {}) did not stop on SIGSTOP within {} s",
@@ -252,26 +251,6 @@ fn stuck_or_ended(server: &mut Server, message: String) -> StepOutcome {
             &format!("the server is busy ({} ms of CPU in the next {} ms) yet answers no one: a write to a reset client fails with ECONNRESET, then EPIPE, on every retry; end that connection on any write error but WouldBlock (retry only Interrupted)", cpu.as_millis(), window.as_millis()),
         ),
         _ => fail(server, message, ERROR_ENDS_THE_SERVER, CAUSE),
-    }
-}
-
-/// Waits (bounded) until the process is stopped.
-fn wait_until_stopped(pid: Pid, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw()))
-            .ok()
-            .and_then(|stat| {
-                let after = stat.get(stat.rfind(')')? + 1..)?;
-                after.trim_start().chars().next()
-            });
-        if matches!(state, Some('T') | Some('t')) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
@@ -748,7 +747,8 @@ fn stop_and_continue(server: &mut Server) -> Result<bool> {
     if server.try_exit_status().is_some() || killpg(server.pid, Signal::SIGSTOP).is_err() {
         return Ok(false);
     }
-    let stopped = wait_until_stopped(server.pid, STOP_WAIT);
+    let stopped =
+        crate::procfs::wait_until_stopped(server.pid, STOP_WAIT, Duration::from_millis(1));
     let _ = killpg(server.pid, Signal::SIGCONT);
     if !stopped {
         if server.try_exit_status().is_some() {
@@ -761,26 +761,6 @@ fn stop_and_continue(server: &mut Server) -> Result<bool> {
         );
     }
     Ok(true)
-}
-
-/// Waits (bounded) until the process is stopped.
-fn wait_until_stopped(pid: Pid, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw()))
-            .ok()
-            .and_then(|stat| {
-                let after = stat.get(stat.rfind(')')? + 1..)?;
-                after.trim_start().chars().next()
-            });
-        if matches!(state, Some('T') | Some('t')) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// How many bytes of `sent`, from byte `at` on, the echo skipped: `k` when

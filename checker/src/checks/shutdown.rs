@@ -486,7 +486,7 @@ impl Shutdown {
         // epoll_wait), its whole process group: any helper process too.
         wait_until_idle(server.pid, Duration::from_secs(1));
         killpg(server.pid, Signal::SIGSTOP)?;
-        if !wait_until_stopped(server.pid, STOP_WAIT) {
+        if !crate::procfs::wait_until_stopped(server.pid, STOP_WAIT, Duration::from_millis(5)) {
             let _ = killpg(server.pid, Signal::SIGCONT);
             if let Some(failed) = died_before_the_signal(&mut server) {
                 return Ok(Err(failed));
@@ -1256,15 +1256,6 @@ fn send_until_stuck(streams: &[TcpStream], bytes: usize) -> Result<Vec<usize>> {
     Ok(sent)
 }
 
-/// The process state letter from /proc/PID/stat (`T` when stopped).
-fn process_state(pid: Pid) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw())).ok()?;
-    stat.get(stat.rfind(')')? + 1..)?
-        .trim_start()
-        .chars()
-        .next()
-}
-
 /// Waits (bounded) until every thread of the process is blocked in a
 /// syscall: an idle server, asleep in its wait. Gives up quietly.
 fn wait_until_idle(pid: Pid, limit: Duration) {
@@ -1275,20 +1266,6 @@ fn wait_until_idle(pid: Pid, limit: Duration) {
             Ok(_) => std::thread::sleep(Duration::from_millis(5)),
             Err(_) => return,
         }
-    }
-}
-
-/// Waits (bounded) until the process is stopped.
-fn wait_until_stopped(pid: Pid, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if matches!(process_state(pid), Some('T') | Some('t')) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
